@@ -1,0 +1,251 @@
+"""Commands' effects in PostgreSQL: one transaction per batch, loaded and written with
+set-based statements, while each command keeps its own outcome."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from service.adapters.db import Pool
+from service.adapters.staging import Processed, Staging
+from service.domain.errors import BatchConflict, GroupAlreadyExists, GroupNameTaken, Rejected
+from service.domain.model import Group, name_key
+from service.domain.ports import AnyCommand
+from service.domain.results import CommandResult
+
+GROUP_COLUMNS = (
+    "id, organization_id, name, description, platform_id, version,"
+    " created_at, updated_at, deleted_at"
+)
+
+# Every writer of an organization's groups takes this lock first, so two consumers that
+# briefly share a partition during a rebalance cannot both apply one command, and one
+# group's outbox ids are handed out in the order its changes commit.
+LOCK_ORGANIZATIONS = """
+SELECT pg_advisory_xact_lock(k)
+FROM (SELECT DISTINCT hashtextextended(o, 7) AS k FROM unnest($1::text[]) AS o ORDER BY k) AS keys
+"""
+
+SELECT_PROCESSED = """
+SELECT p.organization_id, p.command_id, p.fingerprint, p.result::text AS result
+FROM processed_commands AS p
+JOIN unnest($1::text[], $2::text[]) AS k(organization_id, command_id)
+  ON p.organization_id = k.organization_id AND p.command_id = k.command_id
+"""
+
+SELECT_GROUPS_BY_ID = f"SELECT {GROUP_COLUMNS} FROM customer_groups WHERE id = ANY($1::text[])"
+
+SELECT_LIVE_GROUPS_BY_NAME = f"""
+SELECT {GROUP_COLUMNS} FROM customer_groups AS g
+JOIN unnest($1::text[], $2::text[]) AS k(organization_id, name_key)
+  ON g.organization_id = k.organization_id AND lower(g.name) = k.name_key
+WHERE g.deleted_at IS NULL
+"""
+
+UPDATE_GROUPS = """
+UPDATE customer_groups AS g
+SET name = u.name, description = u.description, platform_id = u.platform_id,
+    version = u.version, updated_at = u.updated_at, deleted_at = u.deleted_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+            $6::timestamptz[], $7::timestamptz[])
+     AS u(id, name, description, platform_id, version, updated_at, deleted_at)
+WHERE g.id = u.id
+"""
+
+INSERT_GROUPS = f"""
+INSERT INTO customer_groups ({GROUP_COLUMNS})
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                     $7::timestamptz[], $8::timestamptz[], $9::timestamptz[])
+"""
+
+# unnest yields rows in array order, so outbox ids follow the order the changes were made.
+INSERT_OUTBOX = """
+INSERT INTO outbox (event_type, organization_id, group_id, group_version, command_id,
+                    traceparent, payload, occurred_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
+                     $6::text[], $7::jsonb[], $8::timestamptz[])
+"""
+
+INSERT_PROCESSED = """
+INSERT INTO processed_commands (organization_id, command_id, fingerprint, result)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+"""
+
+NAME_INDEX = "customer_groups_live_name_key"
+GROUPS_PKEY = "customer_groups_pkey"
+
+
+def group_from_row(row: asyncpg.Record) -> Group:
+    return Group(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        name=row["name"],
+        description=row["description"],
+        platform_id=row["platform_id"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        deleted_at=row["deleted_at"],
+    )
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class PostgresBatch(Staging):
+    """A Staging loaded from and written to PostgreSQL inside one transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        super().__init__()
+        self._conn = conn
+
+    async def load(self, commands: Sequence[AnyCommand]) -> None:
+        conn = self._conn
+        await conn.execute(LOCK_ORGANIZATIONS, [c.organization_id for c in commands])
+        rows = await conn.fetch(
+            SELECT_PROCESSED,
+            [c.organization_id for c in commands],
+            [c.command_id for c in commands],
+        )
+        for row in rows:
+            result = CommandResult.from_json(row["organization_id"], orjson.loads(row["result"]))
+            key = (row["organization_id"], row["command_id"])
+            self.processed[key] = Processed(row["fingerprint"], result)
+        ids = [c.group_id for c in commands if c.group_id is not None]
+        if ids:
+            for row in await conn.fetch(SELECT_GROUPS_BY_ID, ids):
+                self.remember(group_from_row(row))
+        names = [
+            name_key(c.organization_id, c.name)
+            for c in commands
+            if getattr(c, "name", None) is not None
+        ]
+        if names:
+            by_name = await conn.fetch(
+                SELECT_LIVE_GROUPS_BY_NAME, [o for o, _ in names], [n for _, n in names]
+            )
+            for row in by_name:
+                self.remember(group_from_row(row))
+
+    async def flush(self) -> Rejected | None:
+        """Write what the batch changed; the caller's transaction commits it.
+
+        A lone command whose change the database refuses (its unique index is the final
+        judge of names) is recorded as rejected, and that reason is returned."""
+        if len(self.records) != 1 or not self.changed:
+            await self._write_changes()
+            await self._write_processed()
+            return None
+        try:
+            async with self._conn.transaction():
+                await self._write_changes()
+        except asyncpg.UniqueViolationError as error:
+            reason = conflict_reason(error, self)
+            if reason is None:
+                raise
+            self.reject_all(reason)
+        else:
+            reason = None
+        await self._write_processed()
+        return reason
+
+    async def _write_changes(self) -> None:
+        updated = [g for g in self.changed.values() if g.id not in self.new_ids]
+        inserted = [g for g in self.changed.values() if g.id in self.new_ids]
+        conn = self._conn
+        if updated:
+            await conn.execute(
+                UPDATE_GROUPS,
+                [g.id for g in updated],
+                [g.name for g in updated],
+                [g.description for g in updated],
+                [g.platform_id for g in updated],
+                [g.version for g in updated],
+                [g.updated_at for g in updated],
+                [g.deleted_at for g in updated],
+            )
+        if inserted:
+            await conn.execute(
+                INSERT_GROUPS,
+                [g.id for g in inserted],
+                [g.organization_id for g in inserted],
+                [g.name for g in inserted],
+                [g.description for g in inserted],
+                [g.platform_id for g in inserted],
+                [g.version for g in inserted],
+                [g.created_at for g in inserted],
+                [g.updated_at for g in inserted],
+                [g.deleted_at for g in inserted],
+            )
+        if self.outbox:
+            events = [r.event for r in self.outbox]
+            await conn.execute(
+                INSERT_OUTBOX,
+                [e.type for e in events],
+                [e.group.organization_id for e in events],
+                [e.group.id for e in events],
+                [e.group.version for e in events],
+                [r.command_id for r in self.outbox],
+                [r.traceparent for r in self.outbox],
+                [_json(e.payload()) for e in events],
+                [r.occurred_at for r in self.outbox],
+            )
+
+    async def _write_processed(self) -> None:
+        if self.records:
+            await self._conn.execute(
+                INSERT_PROCESSED,
+                [c.organization_id for c, _ in self.records],
+                [c.command_id for c, _ in self.records],
+                [p.fingerprint for _, p in self.records],
+                [_json(p.result.to_json()) for _, p in self.records],
+            )
+
+    def reject_all(self, reason: Rejected) -> None:
+        """Keep only the processed records, now saying `reason` (for a lone conflicting command)."""
+        self.changed.clear()
+        self.new_ids.clear()
+        self.outbox.clear()
+        self.records = [
+            (
+                c,
+                Processed(
+                    p.fingerprint, CommandResult.rejected(c.command_id, c.organization_id, reason)
+                ),
+            )
+            for c, p in self.records
+        ]
+
+
+def conflict_reason(error: asyncpg.UniqueViolationError, batch: PostgresBatch) -> Rejected | None:
+    """The domain's word for a unique violation the staged checks did not foresee."""
+    groups = list(batch.changed.values())
+    if len(groups) != 1:
+        return None
+    if error.constraint_name == NAME_INDEX:
+        return GroupNameTaken(groups[0].name)
+    if error.constraint_name == GROUPS_PKEY:
+        return GroupAlreadyExists(groups[0].id)
+    return None
+
+
+class CommandStore:
+    """Opens batch transactions on the pool."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def batch(self, commands: Sequence[AnyCommand]) -> AsyncIterator[PostgresBatch]:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                batch = PostgresBatch(conn)
+                await batch.load(commands)
+                yield batch
+        except asyncpg.UniqueViolationError as error:
+            raise BatchConflict(str(error)) from error

@@ -1,0 +1,59 @@
+"""The PostgreSQL pool and schema migrations."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+import asyncpg
+
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same in every instance that migrates.
+_MIGRATION_LOCK = 0x6375_7374_6772_70
+
+Pool = asyncpg.Pool
+
+
+async def create_pool(settings: Settings, *, min_size: int | None = None) -> Pool:
+    return await asyncpg.create_pool(
+        settings.database_url.get_secret_value(),
+        min_size=settings.database_pool_min if min_size is None else min_size,
+        max_size=settings.database_pool_max,
+        ssl=settings.postgres_ssl(),
+        command_timeout=60,
+    )
+
+
+def migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("service") / "migrations"
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
+
+
+async def migrate(pool: Pool) -> list[str]:
+    """Apply the migrations not applied yet; the advisory lock lets instances start at once."""
+    applied: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, sql in migration_files():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES ($1)", version
+                    )
+                log.info("applied migration %s", version)
+                applied.append(version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied

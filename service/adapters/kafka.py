@@ -1,0 +1,243 @@
+"""Kafka: the broker, topic creation, and publishing results, dead letters and events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+from service.adapters.outbox_store import OutboxRow
+from service.config import Settings
+from service.domain.model import format_time
+from service.domain.results import CommandResult
+
+log = logging.getLogger(__name__)
+
+
+def security(settings: Settings) -> BaseSecurity | None:
+    context = settings.kafka_ssl_context()
+    if not settings.kafka_security_protocol.startswith("SASL"):
+        return BaseSecurity(ssl_context=context) if context else None
+    username = settings.kafka_sasl_username or ""
+    password = (
+        settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    )
+    sasl = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+    return sasl[settings.kafka_sasl_mechanism](
+        username, password, ssl_context=context, use_ssl=context is not None
+    )
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Connection options for plain aiokafka clients (admin, ops tools, tests)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+        "ssl_context": settings.kafka_ssl_context(),
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = (
+            settings.kafka_sasl_password.get_secret_value()
+            if settings.kafka_sasl_password
+            else None
+        )
+    return options
+
+
+def create_broker(settings: Settings) -> KafkaBroker:
+    # Idempotence with acks=all keeps each partition's order through producer retries.
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        security=security(settings),
+        client_id=settings.kafka_client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+        max_batch_size=512 * 1024,
+        logger=logging.getLogger("service.kafka"),
+        log_level=logging.DEBUG,
+    )
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the service's topics if missing; the broker's auto-creation is never relied on."""
+    rf = settings.topic_replication_factor
+    wanted = [
+        NewTopic(settings.topic_commands, settings.topic_partitions_commands, rf),
+        NewTopic(settings.topic_results, settings.topic_partitions_results, rf),
+        NewTopic(settings.topic_events, settings.topic_partitions_events, rf),
+        NewTopic(settings.topic_dlq, settings.topic_partitions_commands, rf),
+        NewTopic(
+            settings.topic_state,
+            settings.topic_partitions_events,
+            rf,
+            topic_configs={"cleanup.policy": "compact"},
+        ),
+    ]
+    admin = AIOKafkaAdminClient(**client_options(settings), client_id=settings.kafka_client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another instance created them first
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    result: CommandResult
+    reply_to: str | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    record: ConsumerRecord[bytes, bytes]
+    reason: str
+    error: str
+
+
+class CommandPublisher:
+    """Sends command results and dead letters, and waits until Kafka has them all."""
+
+    def __init__(self, broker: KafkaBroker, settings: Settings) -> None:
+        self._broker = broker
+        self._settings = settings
+
+    async def send(self, replies: Sequence[Reply], dead: Sequence[DeadLetter] = ()) -> None:
+        pending: list[asyncio.Future[Any]] = []
+        for letter in dead:
+            pending.append(await self._dead_letter(letter))
+        for reply in replies:
+            body = orjson.dumps(reply.result.to_json())
+            key = reply.result.organization_id.encode()
+            for topic in _topics(self._settings.topic_results, reply.reply_to):
+                pending.append(
+                    await self._broker.publish(
+                        body,
+                        topic,
+                        key=key,
+                        headers={"content-type": "application/json"},
+                        correlation_id=reply.correlation_id,
+                        no_confirm=True,
+                    )
+                )
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _dead_letter(self, letter: DeadLetter) -> asyncio.Future[Any]:
+        record = letter.record
+        headers = {k: v.decode(errors="replace") for k, v in record.headers}
+        headers.update(
+            {
+                "dlq_reason": letter.reason,
+                "dlq_error": letter.error[:1000],
+                "dlq_source_topic": record.topic,
+                "dlq_source_partition": str(record.partition),
+                "dlq_source_offset": str(record.offset),
+                "dlq_source_timestamp": str(record.timestamp),
+            }
+        )
+        return await self._broker.publish(
+            record.value,
+            self._settings.topic_dlq,
+            key=record.key,
+            headers=headers,
+            no_confirm=True,
+        )
+
+
+def _topics(results_topic: str, reply_to: str | None) -> Iterable[str]:
+    yield results_topic
+    if reply_to and reply_to != results_topic:
+        yield reply_to
+
+
+def cloudevent_headers(row: OutboxRow, source: str) -> dict[str, str]:
+    headers = {
+        "ce_specversion": "1.0",
+        "ce_id": row.event_id,
+        "ce_type": row.event_type,
+        "ce_source": source,
+        "ce_subject": row.group_id,
+        "ce_time": format_time(row.occurred_at),
+        "content-type": "application/json",
+        "ce_organizationid": row.organization_id,
+        "ce_groupversion": str(row.group_version),
+        "ce_commandid": row.command_id,
+    }
+    if row.traceparent:
+        headers["traceparent"] = row.traceparent
+    return headers
+
+
+def state_value(row: OutboxRow) -> bytes | None:
+    """The compacted state topic holds the latest group; a delete leaves a tombstone."""
+    if row.event_type == "group.deleted":
+        return None
+    group = orjson.loads(row.payload)
+    group.pop("previous", None)
+    return orjson.dumps(group)
+
+
+class EventPublisher:
+    """Publishes outbox rows as CloudEvents (binary mode) and, optionally, to the state topic."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        settings: Settings,
+        *,
+        topic: str | None = None,
+        state_topic: str | None = None,
+    ) -> None:
+        self._broker = broker
+        self._source = settings.ce_source
+        self._topic = topic or settings.topic_events
+        self._state_topic = state_topic
+
+    async def publish(self, rows: Sequence[OutboxRow], *, state_only: bool = False) -> None:
+        """Returns once Kafka has acknowledged every row; raises if any was not."""
+        pending: list[asyncio.Future[Any]] = []
+        for row in rows:
+            key = row.group_id.encode()
+            if not state_only:
+                pending.append(
+                    await self._broker.publish(
+                        row.payload.encode(),
+                        self._topic,
+                        key=key,
+                        headers=cloudevent_headers(row, self._source),
+                        no_confirm=True,
+                    )
+                )
+            if self._state_topic:
+                pending.append(
+                    await self._broker.publish(
+                        state_value(row),
+                        self._state_topic,
+                        key=key,
+                        headers={"content-type": "application/json"},
+                        no_confirm=True,
+                    )
+                )
+        if pending:
+            await asyncio.gather(*pending)

@@ -1,0 +1,104 @@
+"""The outbox table as the relay, the pruner and the ops tools read it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from service.adapters.db import Pool
+
+# A session lock: whoever holds it is the one relay that publishes; it is released when
+# its connection ends, so a standby takes over as soon as the leader dies.
+RELAY_LOCK = 0x6F75_7462_6F78
+
+OUTBOX_COLUMNS = (
+    "id, event_id, event_type, organization_id, group_id, group_version, command_id,"
+    " traceparent, payload::text AS payload, occurred_at"
+)
+
+# Rows are claimed by `published_at IS NULL`, never by `id > last_seen`: identity values are
+# handed out before commit, so a later id can become visible before an earlier one.
+SELECT_UNPUBLISHED = f"""
+SELECT {OUTBOX_COLUMNS} FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1
+"""
+
+MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+
+BACKLOG = """
+SELECT count(*) AS rows, extract(epoch FROM now() - min(occurred_at)) AS oldest_age
+FROM outbox WHERE published_at IS NULL
+"""
+
+PRUNE_OUTBOX = """
+DELETE FROM outbox WHERE id IN (
+    SELECT id FROM outbox
+    WHERE occurred_at < now() - make_interval(secs => $1) AND published_at IS NOT NULL
+    LIMIT $2)
+"""
+
+PRUNE_PROCESSED = """
+DELETE FROM processed_commands WHERE ctid IN (
+    SELECT ctid FROM processed_commands
+    WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    event_id: str
+    event_type: str
+    organization_id: str
+    group_id: str
+    group_version: int
+    command_id: str
+    traceparent: str | None
+    payload: str
+    occurred_at: datetime
+
+    @classmethod
+    def from_record(cls, row: asyncpg.Record) -> OutboxRow:
+        return cls(
+            id=row["id"],
+            event_id=str(row["event_id"]),
+            event_type=row["event_type"],
+            organization_id=row["organization_id"],
+            group_id=row["group_id"],
+            group_version=row["group_version"],
+            command_id=row["command_id"],
+            traceparent=row["traceparent"],
+            payload=row["payload"],
+            occurred_at=row["occurred_at"],
+        )
+
+
+async def try_lead(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK))
+
+
+async def unpublished(conn: asyncpg.Connection, limit: int) -> list[OutboxRow]:
+    return [OutboxRow.from_record(r) for r in await conn.fetch(SELECT_UNPUBLISHED, limit)]
+
+
+async def mark_published(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
+    await conn.execute(MARK_PUBLISHED, list(ids))
+
+
+async def backlog(pool: Pool) -> tuple[int, float]:
+    row = await pool.fetchrow(BACKLOG)
+    assert row is not None
+    return int(row["rows"]), float(row["oldest_age"] or 0.0)
+
+
+async def prune(pool: Pool, statement: str, older_than_s: float, batch_size: int) -> int:
+    """Delete in small batches, so no lock is held for long and autovacuum keeps up."""
+    total = 0
+    while True:
+        status = await pool.execute(statement, older_than_s, batch_size)
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < batch_size:
+            return total

@@ -1,0 +1,151 @@
+"""Many commands' units of work staged in memory, so one database transaction can write
+them all with set-based SQL. Each command still sees the effects of the commands before
+it, in order, exactly as if each had its own transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+from service.domain.errors import CommandIdReused, GroupAlreadyExists, GroupNameTaken
+from service.domain.events import Event
+from service.domain.model import Group, name_key
+from service.domain.ports import AnyCommand
+from service.domain.results import CommandResult
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    fingerprint: str
+    result: CommandResult
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    event: Event
+    command_id: str
+    traceparent: str | None
+
+    @property
+    def occurred_at(self) -> datetime:
+        return self.event.group.updated_at
+
+
+@dataclass(slots=True)
+class Staging:
+    """What a batch knows of the database (loaded up front) plus what its commands changed."""
+
+    groups: dict[str, Group] = field(default_factory=dict)
+    names: dict[tuple[str, str], str] = field(default_factory=dict)
+    processed: dict[tuple[str, str], Processed] = field(default_factory=dict)
+    new_ids: set[str] = field(default_factory=set)
+    changed: dict[str, Group] = field(default_factory=dict)
+    outbox: list[OutboxRecord] = field(default_factory=list)
+    records: list[tuple[AnyCommand, Processed]] = field(default_factory=list)
+
+    def remember(self, group: Group) -> None:
+        self.groups[group.id] = group
+        if group.is_live:
+            self.names[name_key(group.organization_id, group.name)] = group.id
+
+    def unit_of_work(self, command_id: str, traceparent: str | None = None) -> StagedUnitOfWork:
+        return StagedUnitOfWork(self, command_id, traceparent)
+
+    def check_name_free(self, group: Group) -> None:
+        owner = self.names.get(name_key(group.organization_id, group.name))
+        if owner is not None and owner != group.id:
+            raise GroupNameTaken(group.name)
+
+    def apply(self, uow: StagedUnitOfWork) -> None:
+        group = uow.groups.pending
+        if group is not None:
+            old = self.groups.get(group.id)
+            if old is not None and old.is_live:
+                del self.names[name_key(old.organization_id, old.name)]
+            if uow.groups.is_new:
+                self.new_ids.add(group.id)
+            self.remember(group)
+            self.changed[group.id] = group
+        self.outbox.extend(uow.outbox.pending)
+        if uow.processed.pending is not None:
+            command, record = uow.processed.pending
+            self.processed[command.organization_id, command.command_id] = record
+            self.records.append(uow.processed.pending)
+
+
+class StagedGroups:
+    def __init__(self, staging: Staging) -> None:
+        self._staging = staging
+        self.pending: Group | None = None
+        self.is_new = False
+
+    async def get(self, organization_id: str, group_id: str) -> Group | None:
+        group = self._staging.groups.get(group_id)
+        return group if group is not None and group.organization_id == organization_id else None
+
+    async def add(self, group: Group) -> None:
+        if group.id in self._staging.groups:
+            raise GroupAlreadyExists(group.id)
+        self._staging.check_name_free(group)
+        self.pending, self.is_new = group, True
+
+    async def save(self, group: Group) -> None:
+        if group.is_live:
+            self._staging.check_name_free(group)
+        self.pending = group
+
+
+class StagedOutbox:
+    def __init__(self, command_id: str, traceparent: str | None) -> None:
+        self._command_id = command_id
+        self._traceparent = traceparent
+        self.pending: list[OutboxRecord] = []
+
+    def add(self, event: Event) -> None:
+        self.pending.append(OutboxRecord(event, self._command_id, self._traceparent))
+
+
+class StagedProcessed:
+    def __init__(self, staging: Staging) -> None:
+        self._staging = staging
+        self.pending: tuple[AnyCommand, Processed] | None = None
+
+    async def earlier_result(self, command: AnyCommand) -> CommandResult | None:
+        seen = self._staging.processed.get((command.organization_id, command.command_id))
+        if seen is None:
+            return None
+        if seen.fingerprint == command.fingerprint():
+            return seen.result
+        return CommandResult.rejected(
+            command.command_id, command.organization_id, CommandIdReused(command.command_id)
+        )
+
+    def add(self, command: AnyCommand, result: CommandResult) -> None:
+        self.pending = (command, Processed(command.fingerprint(), result))
+
+
+class StagedUnitOfWork:
+    def __init__(self, staging: Staging, command_id: str, traceparent: str | None) -> None:
+        self._staging = staging
+        self.groups = StagedGroups(staging)
+        self.outbox = StagedOutbox(command_id, traceparent)
+        self.processed = StagedProcessed(staging)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.groups.pending = None
+        self.outbox.pending = []
+        self.processed.pending = None
+
+    async def commit(self) -> None:
+        self._staging.apply(self)
+        await self.__aexit__(None, None, None)

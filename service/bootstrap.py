@@ -1,0 +1,84 @@
+"""The one place that builds pools, brokers and background tasks, and wires them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+
+from service.adapters.command_store import CommandStore
+from service.adapters.db import Pool, create_pool, migrate
+from service.adapters.kafka import CommandPublisher, EventPublisher, create_broker, ensure_topics
+from service.config import Settings
+from service.entrypoints import consumer as consumer_entrypoint
+from service.observability import Health, Metrics
+from service.relay import OutboxRelay, Pruner
+
+log = logging.getLogger(__name__)
+
+
+class Role(StrEnum):
+    CONSUMER = "consumer"
+    RELAY = "relay"
+    HTTP = "http"
+
+
+ALL_ROLES = frozenset(Role)
+
+
+@dataclass
+class Container:
+    settings: Settings
+    pool: Pool
+    broker: KafkaBroker
+    metrics: Metrics
+    health: Health
+    roles: frozenset[Role]
+    subscriber: Any = None
+    relay: OutboxRelay | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> AsyncIterator[Container]:
+    pool = await create_pool(settings)
+    try:
+        await migrate(pool)
+        if settings.topic_auto_create:
+            await ensure_topics(settings)
+        broker = create_broker(settings)
+        container = Container(settings, pool, broker, Metrics(), Health(), roles)
+        consumer = consumer_entrypoint.CommandConsumer(
+            CommandStore(pool),
+            CommandPublisher(broker, settings),
+            container.metrics,
+            settings.command_max_bytes,
+        )
+        if Role.CONSUMER in roles:
+            container.subscriber = consumer_entrypoint.subscribe(broker, settings, consumer)
+        await broker.start()
+        try:
+            if Role.RELAY in roles and settings.relay_enabled:
+                state_topic = settings.topic_state if settings.relay_publish_state else None
+                publisher = EventPublisher(broker, settings, state_topic=state_topic)
+                relay = OutboxRelay(pool, publisher, settings, container.metrics, container.health)
+                consumer.on_committed.append(relay.wakeup)
+                container.relay = relay
+                container.tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+                pruner = Pruner(pool, settings, container.metrics)
+                container.tasks.append(asyncio.create_task(pruner.run(), name="pruner"))
+            log.info("customer-groups ready (roles: %s)", ", ".join(sorted(roles)))
+            yield container
+        finally:
+            for task in container.tasks:
+                task.cancel()
+            await asyncio.gather(*container.tasks, return_exceptions=True)
+            await broker.stop()
+    finally:
+        await pool.close()

@@ -1,0 +1,104 @@
+"""Every knob of the service, read from the environment (and an optional `.env`)."""
+
+from __future__ import annotations
+
+import ssl
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: SecretStr = SecretStr(
+        "postgresql://customer_groups:customer_groups@127.0.0.1:55432/customer_groups"
+    )
+    database_pool_min: int = Field(default=2, ge=1)
+    database_pool_max: int = Field(default=10, ge=1)
+    database_ssl_mode: (
+        Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = None
+    database_ssl_root_cert: str | None = None
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_client_id: str = "customer-groups"
+    kafka_consumer_group: str = "customer-groups"
+
+    topic_commands: str = "customer-groups.commands"
+    topic_results: str = "customer-groups.command-results"
+    topic_events: str = "customer-groups.events"
+    topic_dlq: str = "customer-groups.commands.dlq"
+    topic_state: str = "customer-groups.state"
+    topic_partitions_commands: int = Field(default=6, ge=1)
+    topic_partitions_events: int = Field(default=6, ge=1)
+    topic_partitions_results: int = Field(default=6, ge=1)
+    topic_replication_factor: int = Field(default=1, ge=1)
+    topic_auto_create: bool = True
+
+    ce_source: str = "customer-groups"
+
+    command_batch_max: int = Field(default=500, ge=1)
+    command_batch_timeout_ms: int = Field(default=20, ge=1)
+    command_max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    processed_commands_retention_days: float = Field(default=7, gt=0)
+    outbox_retention_days: float = Field(default=7, gt=0)
+    prune_interval_s: float = Field(default=60, gt=0)
+    prune_batch_size: int = Field(default=5000, ge=1)
+
+    relay_enabled: bool = True
+    relay_batch_size: int = Field(default=2000, ge=1)
+    relay_poll_min_s: float = Field(default=0.005, gt=0)
+    relay_poll_max_s: float = Field(default=0.2, gt=0)
+    relay_lock_retry_s: float = Field(default=1.0, gt=0)
+    relay_publish_state: bool = True
+
+    http_enabled: bool = True
+    http_host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces by default
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_command_timeout_s: float = Field(default=5.0, gt=0)
+    api_tokens: SecretStr = SecretStr("")
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @cached_property
+    def token_organizations(self) -> dict[str, str]:
+        pairs: dict[str, str] = {}
+        for item in self.api_tokens.get_secret_value().split(","):
+            token, sep, organization = item.strip().partition("=")
+            if sep and token and organization:
+                pairs[token] = organization
+        return pairs
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        return context
+
+    def postgres_ssl(self) -> ssl.SSLContext | str | None:
+        mode = self.database_ssl_mode
+        if mode is None or mode in ("disable", "prefer", "require"):
+            return mode
+        context = ssl.create_default_context(cafile=self.database_ssl_root_cert)
+        context.check_hostname = mode == "verify-full"
+        return context

@@ -1,0 +1,165 @@
+"""Commands producers send, validated at the edge.
+
+Two kinds of failure are told apart on purpose: a message that breaks the wire schema
+(wrong types, unknown fields, unknown type, NUL bytes) is malformed and goes to the
+dead-letter topic; a well-formed command that breaks a business rule (a blank name, a
+description that is too long) is an ordinary 422 rejection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+RULE_ERROR = "rule"
+
+ORGANIZATION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+GROUP_ID = re.compile(r"grp_[A-Za-z0-9_-]{1,60}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+NAME_MAX = 100
+DESCRIPTION_MAX = 500
+PLATFORM_ID_MAX = 255
+COMMAND_ID_MAX = 128
+
+
+def rule(message: str) -> PydanticCustomError:
+    return PydanticCustomError(RULE_ERROR, message)
+
+
+def valid_organization_id(value: object) -> bool:
+    return isinstance(value, str) and ORGANIZATION_ID.fullmatch(value) is not None
+
+
+def valid_command_id(value: object) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= COMMAND_ID_MAX
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("NUL bytes are not allowed")
+    return value
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    command_id: Annotated[str, Field(min_length=1, max_length=COMMAND_ID_MAX)]
+    organization_id: Annotated[str, Field(pattern=ORGANIZATION_ID.pattern, max_length=64)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_nul(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for value in data.values():
+                _no_nul(value)
+        return data
+
+    def fingerprint(self) -> str:
+        """A hash of what the producer asked for, to tell a redelivery from a reused id."""
+        canonical = orjson.dumps(
+            self.model_dump(mode="json", exclude_unset=True), option=orjson.OPT_SORT_KEYS
+        )
+        return hashlib.sha256(canonical).hexdigest()
+
+
+def _check_group_id(value: str | None) -> str | None:
+    if value is not None and not GROUP_ID.fullmatch(value):
+        raise rule("group_id must be 'grp_' followed by 1-60 characters of [A-Za-z0-9_-]")
+    return value
+
+
+def _check_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    name = value.strip()
+    if not name:
+        raise rule("Name is required")
+    if len(name) > NAME_MAX:
+        raise rule(f"Name must be at most {NAME_MAX} characters")
+    if _CONTROL.search(name):
+        raise rule("Name must not contain control characters")
+    return name
+
+
+def _check_description(value: str | None) -> str | None:
+    if value is not None and len(value) > DESCRIPTION_MAX:
+        raise rule(f"Description must be at most {DESCRIPTION_MAX} characters")
+    return value
+
+
+def _check_platform_id(value: str | None) -> str | None:
+    if value is not None and len(value) > PLATFORM_ID_MAX:
+        raise rule(f"Platform id must be at most {PLATFORM_ID_MAX} characters")
+    return value
+
+
+def _check_expected_version(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise rule("expected_version must be a positive integer")
+    return value
+
+
+class CreateGroup(_Command):
+    type: Literal["group.create"]
+    group_id: str | None = None
+    name: str | None = None
+    description: str | None = None
+    platform_id: str | None = None
+
+    _group_id = field_validator("group_id")(_check_group_id)
+    _name = field_validator("name")(_check_name)
+    _description = field_validator("description")(_check_description)
+    _platform_id = field_validator("platform_id")(_check_platform_id)
+
+    @model_validator(mode="after")
+    def _name_required(self) -> CreateGroup:
+        if self.name is None:
+            raise rule("Name is required")
+        return self
+
+
+class UpdateGroup(_Command):
+    type: Literal["group.update"]
+    group_id: str
+    name: str | None = None
+    description: str | None = None
+    platform_id: str | None = None
+    expected_version: int | None = None
+
+    _group_id = field_validator("group_id")(_check_group_id)
+    _name = field_validator("name")(_check_name)
+    _description = field_validator("description")(_check_description)
+    _platform_id = field_validator("platform_id")(_check_platform_id)
+    _expected_version = field_validator("expected_version")(_check_expected_version)
+
+    @model_validator(mode="after")
+    def _name_not_null(self) -> UpdateGroup:
+        if "name" in self.model_fields_set and self.name is None:
+            raise rule("Name cannot be null")
+        return self
+
+    def changes(self) -> dict[str, str | None]:
+        """The fields the producer sent: an absent field is left alone, a null clears it."""
+        return {
+            field: getattr(self, field)
+            for field in ("name", "description", "platform_id")
+            if field in self.model_fields_set
+        }
+
+
+class DeleteGroup(_Command):
+    type: Literal["group.delete"]
+    group_id: str
+    expected_version: int | None = None
+
+    _group_id = field_validator("group_id")(_check_group_id)
+    _expected_version = field_validator("expected_version")(_check_expected_version)
+
+
+Command = Annotated[CreateGroup | UpdateGroup | DeleteGroup, Field(discriminator="type")]

@@ -1,0 +1,98 @@
+"""The customer group and its rules. Pure: time and ids come in as arguments."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from service.domain.commands import CreateGroup, DeleteGroup, UpdateGroup
+from service.domain.errors import VersionConflict
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_group_id(now_ms: int | None = None) -> str:
+    """`grp_` + a ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation."""
+    millis = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
+    return "grp_" + "".join(chars)
+
+
+def name_key(organization_id: str, name: str) -> tuple[str, str]:
+    """Names are unique per organization among live groups, compared case-insensitively."""
+    return organization_id, name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    id: str
+    organization_id: str
+    name: str
+    description: str | None
+    platform_id: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+    @property
+    def is_live(self) -> bool:
+        return self.deleted_at is None
+
+    @classmethod
+    def create(cls, command: CreateGroup, group_id: str, now: datetime) -> Group:
+        assert command.name is not None  # the command's validator guarantees it
+        return cls(
+            id=group_id,
+            organization_id=command.organization_id,
+            name=command.name,
+            description=command.description,
+            platform_id=command.platform_id,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+
+    def check_version(self, expected: int | None) -> None:
+        if expected is not None and expected != self.version:
+            raise VersionConflict(expected, self.version)
+
+    def update(self, command: UpdateGroup, now: datetime) -> tuple[Group, dict[str, Any]]:
+        """The updated group and the old values of what changed; a no-op returns self."""
+        self.check_version(command.expected_version)
+        changed = {
+            field: value
+            for field, value in command.changes().items()
+            if getattr(self, field) != value
+        }
+        if not changed:
+            return self, {}
+        previous = {field: getattr(self, field) for field in changed}
+        updated = replace(self, **changed, version=self.version + 1, updated_at=now)
+        return updated, previous
+
+    def delete(self, command: DeleteGroup, now: datetime) -> Group:
+        self.check_version(command.expected_version)
+        return replace(self, version=self.version + 1, updated_at=now, deleted_at=now)
+
+
+def format_time(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def group_json(group: Group) -> dict[str, Any]:
+    return {
+        "id": group.id,
+        "organization_id": group.organization_id,
+        "name": group.name,
+        "description": group.description,
+        "platform_id": group.platform_id,
+        "version": group.version,
+        "created_at": format_time(group.created_at),
+        "updated_at": format_time(group.updated_at),
+        "deleted_at": None if group.deleted_at is None else format_time(group.deleted_at),
+    }

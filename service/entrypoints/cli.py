@@ -1,0 +1,110 @@
+"""The `customer-groups` command: run the service, migrate, and the operations tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from service.bootstrap import ALL_ROLES, Role
+from service.config import Settings
+from service.observability import configure_logging
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from service.entrypoints.http import create_app
+
+    roles = frozenset(Role(r) for r in args.role) if args.role else ALL_ROLES
+    app = create_app(settings, roles)
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    try:
+        asyncio.run(server.serve())
+    except KeyboardInterrupt:
+        pass
+    return 0 if server.started else 1
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:  # noqa: ARG001
+    from service.adapters.db import create_pool, migrate
+
+    async def go() -> list[str]:
+        pool = await create_pool(settings, min_size=1)
+        try:
+            return await migrate(pool)
+        finally:
+            await pool.close()
+
+    applied = asyncio.run(go())
+    print("applied: " + (", ".join(applied) if applied else "nothing, schema is up to date"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="customer-groups",
+        description="Customer groups service: Kafka commands in, PostgreSQL state, events out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the service (consumer, outbox relay and HTTP server) in the foreground",
+        description="Run the service until Ctrl-C. Configuration comes from the environment.",
+    )
+    run.add_argument(
+        "--role",
+        action="append",
+        choices=[r.value for r in Role],
+        help="run only these parts (repeatable); default: all of them",
+    )
+    run.set_defaults(handler=_run)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply database migrations and exit",
+        description="Apply the SQL migrations not applied yet; safe to run from many instances.",
+    )
+    migrate.set_defaults(handler=_migrate)
+
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
+    """Subcommands that live in their own modules (ops tools, benchmark)."""
+    found = []
+    for module_name in ("service.entrypoints.ops", "service.bench"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError:
+            continue
+        found.append(module.register)
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    handler: Command = args.handler
+    return handler(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

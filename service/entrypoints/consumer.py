@@ -1,0 +1,191 @@
+"""The command consumer: Kafka records in, results (and dead letters) out.
+
+It only translates: records become commands, commands go to the handlers, results go
+back to Kafka. Offsets are committed by FastStream after this returns, so a crash at any
+point before that means redelivery, which the processed-commands table makes harmless."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRecord
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import KafkaMessage as RawKafkaMessage
+from pydantic import TypeAdapter, ValidationError
+
+from service.adapters.kafka import CommandPublisher, DeadLetter, Reply
+from service.config import Settings
+from service.domain.commands import (
+    RULE_ERROR,
+    Command,
+    valid_command_id,
+    valid_organization_id,
+)
+from service.domain.errors import InvalidCommand
+from service.domain.ports import AnyCommand, CommandStore
+from service.domain.results import CommandResult
+from service.handlers import Incoming, apply_commands
+from service.observability import Metrics, is_transient
+
+log = logging.getLogger(__name__)
+
+_COMMAND: TypeAdapter[AnyCommand] = TypeAdapter(Command)
+
+Record = ConsumerRecord[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    reason: str
+    details: str
+    malformed: bool
+    command_id: str | None = None
+    organization_id: str | None = None
+
+
+def parse_command(value: bytes | None, max_bytes: int) -> AnyCommand | Invalid:
+    """A command, or why not; `malformed` ones break the wire schema and are dead-lettered."""
+    if not value:
+        return Invalid("empty", "The message has no value", malformed=True)
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return Invalid("not_json", "The message is not valid JSON", malformed=True)
+    if not isinstance(data, dict):
+        return Invalid("not_object", "The message is not a JSON object", malformed=True)
+    command_id, organization_id = data.get("command_id"), data.get("organization_id")
+    ids: dict[str, Any] = {}
+    if valid_command_id(command_id) and valid_organization_id(organization_id):
+        ids = {"command_id": command_id, "organization_id": organization_id}
+    if len(value) > max_bytes:
+        return Invalid("too_large", f"The message is larger than {max_bytes} bytes", True, **ids)
+    try:
+        return _COMMAND.validate_python(data)
+    except ValidationError as error:
+        problems = error.errors(include_url=False, include_input=False)
+        malformed = any(p["type"] != RULE_ERROR for p in problems)
+        return Invalid(
+            "invalid_schema" if malformed else "validation",
+            "; ".join(_describe(p) for p in problems),
+            malformed,
+            **ids,
+        )
+
+
+def _describe(problem: Any) -> str:
+    if problem["type"] == RULE_ERROR:
+        return str(problem["msg"])
+    where = ".".join(str(part) for part in problem["loc"] if not str(part).startswith("group."))
+    return f"{where}: {problem['msg']}" if where else str(problem["msg"])
+
+
+def _header(record: Record, name: str) -> str | None:
+    for key, value in record.headers:
+        if key == name:
+            return value.decode(errors="replace")
+    return None
+
+
+class CommandConsumer:
+    def __init__(
+        self,
+        store: CommandStore,
+        publisher: CommandPublisher,
+        metrics: Metrics,
+        max_bytes: int,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._metrics = metrics
+        self._max_bytes = max_bytes
+        self._retry_max_s = retry_max_s
+        self.on_committed: list[asyncio.Event] = []
+
+    async def handle_records(self, records: Sequence[Record]) -> None:
+        """Apply a batch, retrying transient failures for as long as it takes, in order."""
+        delay = 0.1
+        while True:
+            try:
+                await self._process(records)
+                return
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                self._metrics.transient_errors.inc()
+                log.warning("transient failure, retrying in %.1fs: %r", delay, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    async def _process(self, records: Sequence[Record]) -> None:
+        started = asyncio.get_running_loop().time()
+        incoming: list[Incoming] = []
+        owners: list[Record] = []
+        replies: list[Reply] = []
+        dead: list[DeadLetter] = []
+        for record in records:
+            parsed = parse_command(record.value, self._max_bytes)
+            if isinstance(parsed, Invalid):
+                if parsed.malformed:
+                    dead.append(DeadLetter(record, parsed.reason, parsed.details))
+                if parsed.command_id and parsed.organization_id:
+                    result = CommandResult.rejected(
+                        parsed.command_id, parsed.organization_id, InvalidCommand(parsed.details)
+                    )
+                    replies.append(self._reply(record, result))
+                    self._metrics.count_command("invalid", result)
+                continue
+            incoming.append(Incoming(parsed, _header(record, "traceparent")))
+            owners.append(record)
+        if incoming:
+            results = await apply_commands(self._store, incoming)
+            for record, item, result in zip(owners, incoming, results, strict=True):
+                replies.append(self._reply(record, result))
+                self._metrics.count_command(item.command.type, result)
+            for event in self.on_committed:
+                event.set()
+        await self._publisher.send(replies, dead)
+        self._metrics.dead_letters.inc(len(dead))
+        self._metrics.batch_seconds.observe(asyncio.get_running_loop().time() - started)
+
+    @staticmethod
+    def _reply(record: Record, result: CommandResult) -> Reply:
+        return Reply(result, _header(record, "reply_to"), _header(record, "correlation_id"))
+
+
+async def _raw_values(message: RawKafkaMessage) -> list[bytes | None]:
+    """Skip FastStream's decoding: parse_command reads the bytes itself, bad ones included."""
+    return [record.value for record in message.raw_message]
+
+
+def subscribe(broker: KafkaBroker, settings: Settings, consumer: CommandConsumer) -> Any:
+    """Register the batch subscriber; FastStream commits offsets after it returns."""
+
+    @broker.subscriber(
+        settings.topic_commands,
+        batch=True,
+        group_id=settings.kafka_consumer_group,
+        auto_offset_reset="earliest",
+        max_records=settings.command_batch_max,
+        batch_timeout_ms=settings.command_batch_timeout_ms,
+        # At-least-once: the offset is committed only after the batch's results were sent.
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=_raw_values,
+        no_reply=True,
+        title="customer-groups.commands",
+        description=(
+            "Commands from producers: group.create, group.update, group.delete. Keyed by "
+            "organization_id. See the CreateGroup, UpdateGroup and DeleteGroup schemas."
+        ),
+    )
+    async def on_commands(body: list[bytes | None], message: KafkaMessage) -> None:
+        await consumer.handle_records(message.raw_message)
+
+    return on_commands

@@ -1,0 +1,125 @@
+"""One function per command. Each is a unit of work: it either commits all of its effects
+(group row, outbox event, processed-command record) or none of them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from service.domain.commands import CreateGroup, DeleteGroup, UpdateGroup
+from service.domain.errors import BatchConflict, GroupNotFound, Rejected
+from service.domain.events import GroupCreated, GroupDeleted, GroupUpdated
+from service.domain.model import Group, new_group_id
+from service.domain.ports import AnyCommand, CommandStore, UnitOfWork
+from service.domain.results import CommandResult
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def create_group(command: CreateGroup, uow: UnitOfWork, now: Clock) -> CommandResult:
+    async with uow:
+        if (earlier := await uow.processed.earlier_result(command)) is not None:
+            return earlier
+        group = Group.create(command, command.group_id or new_group_id(), now())
+        try:
+            await uow.groups.add(group)
+            uow.outbox.add(GroupCreated(group))
+            result = CommandResult.accepted(command.command_id, 201, group)
+        except Rejected as reason:
+            result = CommandResult.rejected(command.command_id, command.organization_id, reason)
+        uow.processed.add(command, result)
+        await uow.commit()
+    return result
+
+
+async def update_group(command: UpdateGroup, uow: UnitOfWork, now: Clock) -> CommandResult:
+    async with uow:
+        if (earlier := await uow.processed.earlier_result(command)) is not None:
+            return earlier
+        try:
+            group = await _live_group(uow, command)
+            updated, previous = group.update(command, now())
+            if previous:
+                await uow.groups.save(updated)
+                uow.outbox.add(GroupUpdated(updated, previous))
+            result = CommandResult.accepted(command.command_id, 200, updated)
+        except Rejected as reason:
+            result = CommandResult.rejected(command.command_id, command.organization_id, reason)
+        uow.processed.add(command, result)
+        await uow.commit()
+    return result
+
+
+async def delete_group(command: DeleteGroup, uow: UnitOfWork, now: Clock) -> CommandResult:
+    async with uow:
+        if (earlier := await uow.processed.earlier_result(command)) is not None:
+            return earlier
+        try:
+            group = await _live_group(uow, command)
+            deleted = group.delete(command, now())
+            await uow.groups.save(deleted)
+            uow.outbox.add(GroupDeleted(deleted))
+            result = CommandResult.accepted(command.command_id, 200, deleted)
+        except Rejected as reason:
+            result = CommandResult.rejected(command.command_id, command.organization_id, reason)
+        uow.processed.add(command, result)
+        await uow.commit()
+    return result
+
+
+async def _live_group(uow: UnitOfWork, command: UpdateGroup | DeleteGroup) -> Group:
+    group = await uow.groups.get(command.organization_id, command.group_id)
+    if group is None or not group.is_live:
+        raise GroupNotFound(command.group_id)
+    return group
+
+
+Handler = Callable[[Any, UnitOfWork, Clock], Awaitable[CommandResult]]
+
+HANDLERS: dict[type[AnyCommand], Handler] = {
+    CreateGroup: create_group,
+    UpdateGroup: update_group,
+    DeleteGroup: delete_group,
+}
+
+
+async def handle(command: AnyCommand, uow: UnitOfWork, now: Clock = utc_now) -> CommandResult:
+    return await HANDLERS[type(command)](command, uow, now)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    command: AnyCommand
+    traceparent: str | None = None
+
+
+async def apply_commands(
+    store: CommandStore, items: Sequence[Incoming], now: Clock = utc_now
+) -> list[CommandResult]:
+    """Apply commands in order, all in one transaction; each keeps its own result.
+
+    Results are returned only once the transaction has committed, so no producer ever
+    hears of a change that could still be rolled back."""
+    try:
+        async with store.batch([item.command for item in items]) as batch:
+            results = [
+                await handle(
+                    item.command, batch.unit_of_work(item.command.command_id, item.traceparent), now
+                )
+                for item in items
+            ]
+            refused = await batch.flush()
+    except BatchConflict:
+        if len(items) == 1:
+            raise
+        return [result for item in items for result in await apply_commands(store, [item], now)]
+    if refused is not None:
+        command = items[0].command
+        return [CommandResult.rejected(command.command_id, command.organization_id, refused)]
+    return results

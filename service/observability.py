@@ -1,0 +1,95 @@
+"""Metrics, health and the classification of failures worth retrying."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.domain.results import CommandResult
+
+# SQLSTATE classes that say "try again later": connection, resources, operator intervention,
+# transaction rollback (serialization, deadlock).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "40")
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, OSError | TimeoutError | asyncio.TimeoutError | KafkaError):
+        return True
+    if isinstance(error, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+        return True
+    if isinstance(error, asyncpg.PostgresError):
+        state = getattr(error, "sqlstate", "") or ""
+        return state.startswith(_TRANSIENT_SQLSTATE_CLASSES)
+    return False
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.commands = Counter(
+            "customer_groups_commands", "Commands handled", ["type", "outcome", "code"], registry=r
+        )
+        self.batch_seconds = Histogram(
+            "customer_groups_command_batch_seconds",
+            "Time to apply a batch of commands and publish its results",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "customer_groups_dead_letters", "Commands sent to the dead-letter topic", registry=r
+        )
+        self.transient_errors = Counter(
+            "customer_groups_transient_errors", "Failures retried with backoff", registry=r
+        )
+        self.events_published = Counter(
+            "customer_groups_events_published", "Events published by the outbox relay", registry=r
+        )
+        self.outbox_backlog = Gauge(
+            "customer_groups_outbox_backlog", "Outbox rows not yet published", registry=r
+        )
+        self.outbox_oldest_age = Gauge(
+            "customer_groups_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox row",
+            registry=r,
+        )
+
+    def count_command(self, command_type: str, result: CommandResult) -> None:
+        self.commands.labels(command_type, result.status, str(result.code)).inc()
+
+
+@dataclass
+class Health:
+    """What each component last saw; readiness is the conjunction of them."""
+
+    problems: dict[str, str] = field(default_factory=dict)
+    since: dict[str, float] = field(default_factory=dict)
+
+    def ok(self, component: str) -> None:
+        self.problems.pop(component, None)
+        self.since.pop(component, None)
+
+    def degraded(self, component: str, reason: str) -> None:
+        self.problems[component] = reason
+        self.since.setdefault(component, time.monotonic())
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+def configure_logging(level: str, as_json: bool) -> None:
+    fmt = (
+        '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
+        if as_json
+        else "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)

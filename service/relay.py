@@ -1,0 +1,126 @@
+"""The outbox relay: publishes committed changes as CloudEvents, in order, at least once.
+
+Ordering design: exactly one relay publishes at a time. Leadership is a PostgreSQL session
+advisory lock; standbys retry it every `relay_lock_retry_s`, and the lock is released the
+moment the leader's connection drops, so failover takes about that long. A single
+publisher reading `published_at IS NULL ORDER BY id` keeps each group's events in version
+order: a group's changes are serialized by its organization's lock in the writer, so their
+outbox ids are in commit order. Partitioned claiming (or SKIP LOCKED) would allow parallel
+relays but reorders a group's events whenever two relays hold neighbouring rows.
+
+Wake-up: an in-process signal from the consumer after each commit plus adaptive polling
+(fast while busy, backing off to `relay_poll_max_s` when idle). LISTEN/NOTIFY is not used:
+NOTIFY takes a global lock at commit, which would serialize every writer's commits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from service.adapters import outbox_store
+from service.adapters.db import Pool
+from service.adapters.kafka import EventPublisher
+from service.config import Settings
+from service.observability import Health, Metrics, is_transient
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        pool: Pool,
+        publisher: EventPublisher,
+        settings: Settings,
+        metrics: Metrics,
+        health: Health,
+    ) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._settings = settings
+        self._metrics = metrics
+        self._health = health
+        self.wakeup = asyncio.Event()
+        self.leading = False
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._lead()
+                delay = 0.1
+            except Exception as error:
+                if not is_transient(error):
+                    log.exception("outbox relay failed")
+                self.leading = False
+                self._health.degraded("relay", f"{type(error).__name__}: {error}")
+                log.warning("outbox relay paused, retrying in %.1fs: %r", delay, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _lead(self) -> None:
+        async with self._pool.acquire() as conn:
+            while not await outbox_store.try_lead(conn):
+                self._health.ok("relay")
+                await asyncio.sleep(self._settings.relay_lock_retry_s)
+            log.info("outbox relay is the active publisher")
+            self.leading = True
+            try:
+                await self._publish_forever(conn)
+            finally:
+                self.leading = False
+                with contextlib.suppress(Exception):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", outbox_store.RELAY_LOCK)
+
+    async def _publish_forever(self, conn: outbox_store.asyncpg.Connection) -> None:
+        settings = self._settings
+        idle = settings.relay_poll_min_s
+        while True:
+            rows = await outbox_store.unpublished(conn, settings.relay_batch_size)
+            if rows:
+                await self._publisher.publish(rows)
+                await outbox_store.mark_published(conn, [row.id for row in rows])
+                self._metrics.events_published.inc(len(rows))
+                self._health.ok("relay")
+                idle = settings.relay_poll_min_s
+                if len(rows) == settings.relay_batch_size:
+                    continue
+            self._health.ok("relay")
+            self.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), idle)
+            idle = min(idle * 2, settings.relay_poll_max_s)
+
+
+class Pruner:
+    """Deletes published outbox rows and processed-command records past their retention."""
+
+    def __init__(self, pool: Pool, settings: Settings, metrics: Metrics) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._metrics = metrics
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.prune_once()
+                rows, age = await outbox_store.backlog(self._pool)
+                self._metrics.outbox_backlog.set(rows)
+                self._metrics.outbox_oldest_age.set(age)
+            except Exception as error:
+                log.warning("pruning skipped: %r", error)
+            await asyncio.sleep(self._settings.prune_interval_s)
+
+    async def prune_once(self) -> tuple[int, int]:
+        s = self._settings
+        outbox = await outbox_store.prune(
+            self._pool, outbox_store.PRUNE_OUTBOX, s.outbox_retention_days * 86400, s.prune_batch_size
+        )
+        processed = await outbox_store.prune(
+            self._pool,
+            outbox_store.PRUNE_PROCESSED,
+            s.processed_commands_retention_days * 86400,
+            s.prune_batch_size,
+        )
+        return outbox, processed
