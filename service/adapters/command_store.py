@@ -39,8 +39,8 @@ JOIN unnest($1::text[], $2::text[]) AS k(organization_id, command_id)
 
 SELECT_GROUPS_BY_ID = f"SELECT {GROUP_COLUMNS} FROM customer_groups WHERE id = ANY($1::text[])"
 
-SELECT_LIVE_GROUPS_BY_NAME = f"""
-SELECT {GROUP_COLUMNS} FROM customer_groups AS g
+SELECT_LIVE_GROUPS_BY_NAME = """
+SELECT g.* FROM customer_groups AS g
 JOIN unnest($1::text[], $2::text[]) AS k(organization_id, name_key)
   ON g.organization_id = k.organization_id AND lower(g.name) = k.name_key
 WHERE g.deleted_at IS NULL
@@ -67,12 +67,12 @@ INSERT_OUTBOX = """
 INSERT INTO outbox (event_type, organization_id, group_id, group_version, command_id,
                     traceparent, payload, occurred_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-                     $6::text[], $7::jsonb[], $8::timestamptz[])
+                     $6::text[], $7::json[], $8::timestamptz[])
 """
 
 INSERT_PROCESSED = """
 INSERT INTO processed_commands (organization_id, command_id, fingerprint, result)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::json[])
 """
 
 NAME_INDEX = "customer_groups_live_name_key"

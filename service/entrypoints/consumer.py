@@ -110,7 +110,10 @@ class CommandConsumer:
         self.on_committed: list[asyncio.Event] = []
 
     async def handle_records(self, records: Sequence[Record]) -> None:
-        """Apply a batch, retrying transient failures for as long as it takes, in order."""
+        """Apply a batch, retrying transient failures for as long as it takes, in order.
+
+        Any other failure is a bug that one record triggers: the batch is retried one
+        record at a time and that record alone is dead-lettered, so the partition moves on."""
         delay = 0.1
         while True:
             try:
@@ -118,7 +121,8 @@ class CommandConsumer:
                 return
             except Exception as error:
                 if not is_transient(error):
-                    raise
+                    await self._isolate(records, error)
+                    return
                 self._metrics.transient_errors.inc()
                 log.warning("transient failure, retrying in %.1fs: %r", delay, error)
                 await asyncio.sleep(delay)
@@ -126,34 +130,41 @@ class CommandConsumer:
 
     async def _process(self, records: Sequence[Record]) -> None:
         started = asyncio.get_running_loop().time()
-        incoming: list[Incoming] = []
-        owners: list[Record] = []
-        replies: list[Reply] = []
+        replies: list[Reply | None] = [None] * len(records)
+        incoming: list[tuple[int, Incoming]] = []
         dead: list[DeadLetter] = []
-        for record in records:
+        for position, record in enumerate(records):
             parsed = parse_command(record.value, self._max_bytes)
-            if isinstance(parsed, Invalid):
-                if parsed.malformed:
-                    dead.append(DeadLetter(record, parsed.reason, parsed.details))
-                if parsed.command_id and parsed.organization_id:
-                    result = CommandResult.rejected(
-                        parsed.command_id, parsed.organization_id, InvalidCommand(parsed.details)
-                    )
-                    replies.append(self._reply(record, result))
-                    self._metrics.count_command("invalid", result)
+            if not isinstance(parsed, Invalid):
+                incoming.append((position, Incoming(parsed, _header(record, "traceparent"))))
                 continue
-            incoming.append(Incoming(parsed, _header(record, "traceparent")))
-            owners.append(record)
+            if parsed.malformed:
+                dead.append(DeadLetter(record, parsed.reason, parsed.details))
+            if parsed.command_id and parsed.organization_id:
+                result = CommandResult.rejected(
+                    parsed.command_id, parsed.organization_id, InvalidCommand(parsed.details)
+                )
+                replies[position] = self._reply(record, result)
+                self._metrics.count_command("invalid", result)
         if incoming:
-            results = await apply_commands(self._store, incoming)
-            for record, item, result in zip(owners, incoming, results, strict=True):
-                replies.append(self._reply(record, result))
+            results = await apply_commands(self._store, [item for _, item in incoming])
+            for (position, item), result in zip(incoming, results, strict=True):
+                replies[position] = self._reply(records[position], result)
                 self._metrics.count_command(item.command.type, result)
             for event in self.on_committed:
                 event.set()
-        await self._publisher.send(replies, dead)
+        await self._publisher.send([r for r in replies if r is not None], dead)
         self._metrics.dead_letters.inc(len(dead))
         self._metrics.batch_seconds.observe(asyncio.get_running_loop().time() - started)
+
+    async def _isolate(self, records: Sequence[Record], error: Exception) -> None:
+        if len(records) > 1:
+            for record in records:
+                await self.handle_records([record])
+            return
+        log.error("dead-lettering a command that failed: %r", error, exc_info=error)
+        await self._publisher.send([], [DeadLetter(records[0], "processing_failed", repr(error))])
+        self._metrics.dead_letters.inc()
 
     @staticmethod
     def _reply(record: Record, result: CommandResult) -> Reply:
@@ -168,7 +179,7 @@ async def _raw_values(message: RawKafkaMessage) -> list[bytes | None]:
 def subscribe(broker: KafkaBroker, settings: Settings, consumer: CommandConsumer) -> Any:
     """Register the batch subscriber; FastStream commits offsets after it returns."""
 
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         settings.topic_commands,
         batch=True,
         group_id=settings.kafka_consumer_group,
@@ -185,7 +196,9 @@ def subscribe(broker: KafkaBroker, settings: Settings, consumer: CommandConsumer
             "organization_id. See the CreateGroup, UpdateGroup and DeleteGroup schemas."
         ),
     )
+
+    @subscriber
     async def on_commands(body: list[bytes | None], message: KafkaMessage) -> None:
         await consumer.handle_records(message.raw_message)
 
-    return on_commands
+    return subscriber

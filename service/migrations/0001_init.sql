@@ -17,6 +17,7 @@ CREATE UNIQUE INDEX customer_groups_live_name_key
 -- Listing per tenant in a stable (updated_at, id) order, for pages and cursors.
 CREATE INDEX customer_groups_org_updated ON customer_groups (organization_id, updated_at, id);
 
+-- json, not jsonb: the relay publishes the payload byte for byte as it was written.
 CREATE TABLE outbox (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id        uuid        NOT NULL DEFAULT gen_random_uuid(),
@@ -26,7 +27,7 @@ CREATE TABLE outbox (
     group_version   integer     NOT NULL,
     command_id      text        NOT NULL,
     traceparent     text,
-    payload         jsonb       NOT NULL,
+    payload         json        NOT NULL,
     occurred_at     timestamptz NOT NULL,
     published_at    timestamptz
 );
@@ -38,7 +39,7 @@ CREATE TABLE processed_commands (
     organization_id text        NOT NULL,
     command_id      text        NOT NULL,
     fingerprint     text        NOT NULL,
-    result          jsonb       NOT NULL,
+    result          json        NOT NULL,
     processed_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (organization_id, command_id)
 );

@@ -1,0 +1,173 @@
+"""Endpoints for the tests that need real services.
+
+Order of preference: DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS from the environment (what
+`make test` provides), else testcontainers when a Docker engine answers, else: under
+CI=true the test fails with how to start the services; elsewhere it is skipped.
+
+Every session gets its own database and its own topic names, so a session never sees
+what an earlier one (or a `make run` on the same machine) left behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from service.adapters.db import create_pool, migrate
+from service.bootstrap import Container, lifespan
+from service.adapters.kafka import ensure_topics
+from service.config import Settings
+from tests.support import KafkaProbe, wait_until_assigned
+
+HOW_TO_START = (
+    "PostgreSQL and Kafka are needed. Run the suite with `make test` (it installs and starts "
+    "both), or start them with `make services` and export the variables it prints, or set "
+    "DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS to existing ones."
+)
+
+
+def _unavailable(what: str) -> None:
+    message = f"{what} is not reachable. {HOW_TO_START}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> Iterator[tuple[str, str]]:
+    """(database_url, kafka_bootstrap_servers) of running services."""
+    database_url = os.environ.get("DATABASE_URL")
+    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    with ExitStack() as stack:
+        if not (database_url and kafka) and _docker_answers():
+            from testcontainers.kafka import KafkaContainer
+            from testcontainers.postgres import PostgresContainer
+
+            if not database_url:
+                pg = stack.enter_context(PostgresContainer("postgres:16", driver=None))
+                database_url = pg.get_connection_url()
+            if not kafka:
+                container = stack.enter_context(KafkaContainer().with_kraft())
+                kafka = container.get_bootstrap_server()
+        if not database_url:
+            _unavailable("PostgreSQL (DATABASE_URL unset)")
+        if not kafka:
+            _unavailable("Kafka (KAFKA_BOOTSTRAP_SERVERS unset)")
+        assert database_url and kafka
+        parts = urlsplit(database_url)
+        if not _reachable(parts.hostname or "127.0.0.1", parts.port or 5432):
+            _unavailable(f"PostgreSQL at {parts.hostname}:{parts.port}")
+        host, _, port = kafka.split(",")[0].rpartition(":")
+        if not _reachable(host, int(port)):
+            _unavailable(f"Kafka at {kafka}")
+        yield database_url, kafka
+
+
+@pytest.fixture(scope="session")
+async def test_database(endpoints: tuple[str, str]) -> AsyncIterator[str]:
+    """A fresh database for this session, dropped at its end."""
+    admin_url, _ = endpoints
+    name = f"cg_test_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(admin_url)
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def make_settings(database_url: str, kafka: str, prefix: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "kafka_bootstrap_servers": kafka,
+        "kafka_consumer_group": f"{prefix}-service",
+        "topic_commands": f"{prefix}.commands",
+        "topic_results": f"{prefix}.command-results",
+        "topic_events": f"{prefix}.events",
+        "topic_dlq": f"{prefix}.commands.dlq",
+        "topic_state": f"{prefix}.state",
+        "topic_partitions_commands": 3,
+        "topic_partitions_events": 3,
+        "topic_partitions_results": 3,
+        "http_port": 0,
+        "api_tokens": "token-a=org_a,token-b=org_b",
+        "relay_poll_max_s": 0.05,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+async def settings(endpoints: tuple[str, str], test_database: str) -> Settings:
+    """Settings with topics of their own (per test), on this session's database."""
+    _, kafka = endpoints
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    value = make_settings(test_database, kafka, prefix)
+    await ensure_topics(value)
+    return value
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a migrated, emptied database."""
+    pool = await create_pool(settings, min_size=1)
+    await migrate(pool)
+    await pool.execute("TRUNCATE customer_groups, outbox, processed_commands")
+    yield pool
+    await pool.close()
+
+
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked by its folder, so `-m unit` (or integration, e2e) selects it."""
+    for item in items:
+        for kind in ("unit", "integration", "e2e"):
+            if f"{os.sep}{kind}{os.sep}" in str(item.path):
+                item.add_marker(getattr(pytest.mark, kind))
+
+
+@pytest.fixture
+async def service(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Container]:
+    """The whole service (consumer, relay) running in this event loop on real Kafka/Postgres."""
+    async with lifespan(settings) as container:
+        await wait_until_assigned(container)
+        yield container
+
+
+@pytest.fixture
+async def kafka(settings: Settings) -> AsyncIterator[KafkaProbe]:
+    probe = KafkaProbe(settings)
+    await probe.start()
+    yield probe
+    await probe.stop()
