@@ -46,7 +46,9 @@ class Container:
 
 
 @contextlib.asynccontextmanager
-async def lifespan(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> AsyncIterator[Container]:
+async def lifespan(
+    settings: Settings, roles: frozenset[Role] = ALL_ROLES
+) -> AsyncIterator[Container]:
     pool = await create_pool(settings)
     try:
         await migrate(pool)

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
@@ -18,9 +20,7 @@ class Settings(BaseSettings):
     )
     database_pool_min: int = Field(default=2, ge=1)
     database_pool_max: int = Field(default=10, ge=1)
-    database_ssl_mode: (
-        Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None
-    ) = None
+    database_ssl_mode: SslMode | None = None
     database_ssl_root_cert: str | None = None
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
             context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
         return context
 
-    def postgres_ssl(self) -> ssl.SSLContext | str | None:
+    def postgres_ssl(self) -> ssl.SSLContext | SslMode | None:
         mode = self.database_ssl_mode
         if mode is None or mode in ("disable", "prefer", "require"):
             return mode

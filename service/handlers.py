@@ -98,6 +98,10 @@ class Incoming:
     command: AnyCommand
     traceparent: str | None = None
 
+    @property
+    def command_id(self) -> str:
+        return self.command.command_id
+
 
 async def apply_commands(
     store: CommandStore, items: Sequence[Incoming], now: Clock = utc_now
@@ -110,7 +114,7 @@ async def apply_commands(
         async with store.batch([item.command for item in items]) as batch:
             results = [
                 await handle(
-                    item.command, batch.unit_of_work(item.command.command_id, item.traceparent), now
+                    item.command, batch.unit_of_work(item.command_id, item.traceparent), now
                 )
                 for item in items
             ]

@@ -19,7 +19,7 @@ import contextlib
 import logging
 
 from service.adapters import outbox_store
-from service.adapters.db import Pool
+from service.adapters.db import Connection, Pool
 from service.adapters.kafka import EventPublisher
 from service.config import Settings
 from service.observability import Health, Metrics, is_transient
@@ -73,7 +73,7 @@ class OutboxRelay:
                 with contextlib.suppress(Exception):
                     await conn.execute("SELECT pg_advisory_unlock($1)", outbox_store.RELAY_LOCK)
 
-    async def _publish_forever(self, conn: outbox_store.asyncpg.Connection) -> None:
+    async def _publish_forever(self, conn: Connection) -> None:
         settings = self._settings
         idle = settings.relay_poll_min_s
         while True:
@@ -115,7 +115,10 @@ class Pruner:
     async def prune_once(self) -> tuple[int, int]:
         s = self._settings
         outbox = await outbox_store.prune(
-            self._pool, outbox_store.PRUNE_OUTBOX, s.outbox_retention_days * 86400, s.prune_batch_size
+            self._pool,
+            outbox_store.PRUNE_OUTBOX,
+            s.outbox_retention_days * 86400,
+            s.prune_batch_size,
         )
         processed = await outbox_store.prune(
             self._pool,

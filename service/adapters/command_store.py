@@ -10,8 +10,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from service.adapters.db import Pool
+from service.adapters.db import Connection, Pool
 from service.adapters.staging import Processed, Staging
+from service.domain.commands import DeleteGroup
 from service.domain.errors import BatchConflict, GroupAlreadyExists, GroupNameTaken, Rejected
 from service.domain.model import Group, name_key
 from service.domain.ports import AnyCommand
@@ -100,7 +101,7 @@ def _json(value: Any) -> str:
 class PostgresBatch(Staging):
     """A Staging loaded from and written to PostgreSQL inside one transaction."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         super().__init__()
         self._conn = conn
 
@@ -123,7 +124,7 @@ class PostgresBatch(Staging):
         names = [
             name_key(c.organization_id, c.name)
             for c in commands
-            if getattr(c, "name", None) is not None
+            if not isinstance(c, DeleteGroup) and c.name is not None
         ]
         if names:
             by_name = await conn.fetch(
@@ -212,14 +213,12 @@ class PostgresBatch(Staging):
         self.new_ids.clear()
         self.outbox.clear()
         self.records = [
-            (
-                c,
-                Processed(
-                    p.fingerprint, CommandResult.rejected(c.command_id, c.organization_id, reason)
-                ),
-            )
-            for c, p in self.records
+            (c, Processed(p.fingerprint, _rejected(c, reason))) for c, p in self.records
         ]
+
+
+def _rejected(command: AnyCommand, reason: Rejected) -> CommandResult:
+    return CommandResult.rejected(command.command_id, command.organization_id, reason)
 
 
 def conflict_reason(error: asyncpg.UniqueViolationError, batch: PostgresBatch) -> Rejected | None:

@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x6375_7374_6772_70
 
 Pool = asyncpg.Pool
+# What a pool hands out; it behaves as a connection for every use here.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 async def create_pool(settings: Settings, *, min_size: int | None = None) -> Pool:
@@ -29,8 +31,8 @@ async def create_pool(settings: Settings, *, min_size: int | None = None) -> Poo
 
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files("service") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
-    return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
+    files = sorted((p.name, p) for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), path.read_text()) for name, path in files]
 
 
 async def migrate(pool: Pool) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,14 +24,17 @@ from service.domain.results import CommandResult
 log = logging.getLogger(__name__)
 
 
+def _password(settings: Settings) -> str | None:
+    secret = settings.kafka_sasl_password
+    return secret.get_secret_value() if secret else None
+
+
 def security(settings: Settings) -> BaseSecurity | None:
     context = settings.kafka_ssl_context()
     if not settings.kafka_security_protocol.startswith("SASL"):
         return BaseSecurity(ssl_context=context) if context else None
     username = settings.kafka_sasl_username or ""
-    password = (
-        settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
-    )
+    password = _password(settings) or ""
     sasl = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
     return sasl[settings.kafka_sasl_mechanism](
         username, password, ssl_context=context, use_ssl=context is not None
@@ -47,11 +51,7 @@ def client_options(settings: Settings) -> dict[str, Any]:
     if settings.kafka_security_protocol.startswith("SASL"):
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = (
-            settings.kafka_sasl_password.get_secret_value()
-            if settings.kafka_sasl_password
-            else None
-        )
+        options["sasl_plain_password"] = _password(settings)
     return options
 
 
@@ -91,10 +91,9 @@ async def ensure_topics(settings: Settings) -> list[str]:
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         if missing:
-            try:
+            # Another instance starting at the same time may have created them first.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another instance created them first
             log.info("created topics %s", ", ".join(t.name for t in missing))
         return [t.name for t in missing]
     finally:

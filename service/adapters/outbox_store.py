@@ -8,7 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
-from service.adapters.db import Pool
+from service.adapters.db import Connection, Pool
 
 # A session lock: whoever holds it is the one relay that publishes; it is released when
 # its connection ends, so a standby takes over as soon as the leader dies.
@@ -75,15 +75,15 @@ class OutboxRow:
         )
 
 
-async def try_lead(conn: asyncpg.Connection) -> bool:
+async def try_lead(conn: Connection) -> bool:
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK))
 
 
-async def unpublished(conn: asyncpg.Connection, limit: int) -> list[OutboxRow]:
+async def unpublished(conn: Connection, limit: int) -> list[OutboxRow]:
     return [OutboxRow.from_record(r) for r in await conn.fetch(SELECT_UNPUBLISHED, limit)]
 
 
-async def mark_published(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
+async def mark_published(conn: Connection, ids: Sequence[int]) -> None:
     await conn.execute(MARK_PUBLISHED, list(ids))
 
 

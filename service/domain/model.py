@@ -72,7 +72,7 @@ class Group:
         if not changed:
             return self, {}
         previous = {field: getattr(self, field) for field in changed}
-        updated = replace(self, **changed, version=self.version + 1, updated_at=now)
+        updated = replace(self, version=self.version + 1, updated_at=now, **changed)  # type: ignore[arg-type]
         return updated, previous
 
     def delete(self, command: DeleteGroup, now: datetime) -> Group:

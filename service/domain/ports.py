@@ -39,9 +39,14 @@ class ProcessedCommands(Protocol):
 
 
 class UnitOfWork(Protocol):
-    groups: GroupRepository
-    outbox: Outbox
-    processed: ProcessedCommands
+    @property
+    def groups(self) -> GroupRepository: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def processed(self) -> ProcessedCommands: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+import uvicorn
+
+from service.adapters.db import create_pool, migrate
 from service.bootstrap import ALL_ROLES, Role
 from service.config import Settings
+from service.entrypoints.http import create_app
 from service.observability import configure_logging
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
-    from service.entrypoints.http import create_app
-
     roles = frozenset(Role(r) for r in args.role) if args.role else ALL_ROLES
     app = create_app(settings, roles)
     config = uvicorn.Config(
@@ -31,16 +33,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve())
-    except KeyboardInterrupt:
-        pass
     return 0 if server.started else 1
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:  # noqa: ARG001
-    from service.adapters.db import create_pool, migrate
-
     async def go() -> list[str]:
         pool = await create_pool(settings, min_size=1)
         try:
@@ -90,7 +88,7 @@ def _extensions() -> list[Callable[[argparse._SubParsersAction[argparse.Argument
     found = []
     for module_name in ("service.entrypoints.ops", "service.bench"):
         try:
-            module = __import__(module_name, fromlist=["register"])
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError:
             continue
         found.append(module.register)

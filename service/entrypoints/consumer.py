@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 from aiokafka import ConsumerRecord
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 _COMMAND: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 
-Record = ConsumerRecord[bytes, bytes]
+# aiokafka's ConsumerRecord is generic only to type checkers.
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ def _describe(problem: Any) -> str:
 def _header(record: Record, name: str) -> str | None:
     for key, value in record.headers:
         if key == name:
-            return value.decode(errors="replace")
+            return bytes(value).decode(errors="replace")
     return None
 
 
@@ -198,7 +199,7 @@ def subscribe(broker: KafkaBroker, settings: Settings, consumer: CommandConsumer
     )
 
     @subscriber
-    async def on_commands(body: list[bytes | None], message: KafkaMessage) -> None:
+    async def on_commands(body: list[bytes | None], message: KafkaMessage) -> None:  # noqa: ARG001
         await consumer.handle_records(message.raw_message)
 
     return subscriber

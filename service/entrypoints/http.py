@@ -22,7 +22,7 @@ def create_app(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> FastAP
 
     app = FastAPI(
         title="customer-groups",
-        description="Customer groups per organization: reads from PostgreSQL, writes as Kafka commands.",
+        description="Customer groups per organization: reads from PostgreSQL, writes via Kafka.",
         version="1.0.0",
         lifespan=app_lifespan,
     )
