@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local single-node Kafka (KRaft, combined broker+controller) for development and tests.
 #
-#   deploy/local/kafka.sh start|stop|restart|status
+#   deploy/local/kafka.sh start|stop|restart|status|clean
 #
 # Broker on 127.0.0.1:9092, controller on 127.0.0.1:9093. Files are under <repo>/.local/kafka/:
 #   libs/               broker jars, fetched from Maven Central via deploy/local/pom.xml (cached,
@@ -14,13 +14,14 @@
 # Needs java >= 17, mvn (first fetch only) and python3. apt-get installs whichever is missing.
 set -euo pipefail
 
-# shellcheck source=deploy/local/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 LOG_TAG=kafka
 
 KAFKA_HOST=127.0.0.1
-KAFKA_PORT=9092
-KAFKA_CONTROLLER_PORT=9093
+# services.sh assumes the defaults; other ports are for trying things next to a running broker.
+KAFKA_PORT="${LOCAL_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${LOCAL_KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m -Xms512m}"
 DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
@@ -47,7 +48,8 @@ our_pid() {
     pid="$(cat "$PID_FILE")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     # It must be our JVM: the PID may have been reused since.
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "kafka.Kafka $CONF" || return 1
+    [[ -r "/proc/$pid/cmdline" ]] || return 1
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "kafka.Kafka $CONF" || return 1
     echo "$pid"
 }
 
@@ -70,8 +72,9 @@ fetch_libs() {
     local t0=$EPOCHREALTIME tmp="$LIBS.tmp"
     log "fetching Kafka $KAFKA_VERSION jars with Maven (only once; cached in $LIBS)"
     rm -rf "$tmp"
-    if ! mvn -B -q -f "$POM" "$DEPENDENCY_PLUGIN:copy-dependencies" \
-        -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+    if ! mvn -B -q -Dstyle.color=never -f "$POM" "$DEPENDENCY_PLUGIN:copy-dependencies" \
+        -DincludeScope=runtime -DoutputDirectory="$tmp" >"$KAFKA_DIR/mvn.log" 2>&1; then
+        cat "$KAFKA_DIR/mvn.log" >&2
         rm -rf "$tmp"
         die "mvn could not fetch Kafka $KAFKA_VERSION (see above)"
     fi
@@ -79,7 +82,7 @@ fetch_libs() {
     libs_stamp >"$tmp/.stamp"
     rm -rf "$LIBS"
     mv "$tmp" "$LIBS"
-    log "fetched $(ls "$LIBS" | wc -l) jars in $(elapsed "$t0")"
+    log "fetched $(find "$LIBS" -name '*.jar' | wc -l) jars in $(elapsed "$t0")"
 }
 
 write_config() {
@@ -110,6 +113,7 @@ transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=10
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.num.partitions=10
 
 # Tests start consumer groups all the time: don't wait for more members to join.
 group.initial.rebalance.delay.ms=0
@@ -156,14 +160,16 @@ format_storage() {
     log "formatting storage in $DATA (cluster id $cluster_id)"
     mkdir -p "$DATA"
     # --standalone: a single-voter dynamic KRaft quorum (goes with controller.quorum.bootstrap.servers).
-    java -Dlog4j2.configurationFile="$LOG4J_CONF" -cp "$LIBS/*" kafka.tools.StorageTool format \
-        --standalone --ignore-formatted -t "$cluster_id" -c "$CONF" >&2 ||
+    if ! java -Dlog4j2.configurationFile="$LOG4J_CONF" -cp "$LIBS/*" kafka.tools.StorageTool format \
+        --standalone --ignore-formatted -t "$cluster_id" -c "$CONF" >"$KAFKA_DIR/format.log" 2>&1; then
+        cat "$KAFKA_DIR/format.log" >&2
         die "kafka storage format failed"
+    fi
 }
 
 log_tail() {
     log "last lines of $LOG_FILE:"
-    tail -n "${1:-40}" "$LOG_FILE" >&2 || true
+    tail -n 40 "$LOG_FILE" >&2 || true
 }
 
 start() {
@@ -177,14 +183,15 @@ start() {
         die "broker pid $pid is running but not answering on $BOOTSTRAP; try: $0 restart"
     fi
     rm -f "$PID_FILE"
+    # The jars are fetched even when another checkout's broker is reused below: tests run
+    # private brokers of their own from them (tests/kafka_node.py).
+    ensure_tools
+    fetch_libs
     if ready 0 >/dev/null 2>&1; then
         log "a Kafka broker not started from this checkout already answers on $BOOTSTRAP; using it"
         return 0
     fi
 
-    mkdir -p "$KAFKA_DIR"
-    ensure_tools
-    fetch_libs
     write_config
     format_storage
 
@@ -193,13 +200,14 @@ start() {
     # setsid: keep the broker out of the caller's process group, so Ctrl-C in `make run`
     # doesn't kill it. The inner shell writes its own PID and then execs java, so the PID
     # file holds the JVM's PID.
+    # 9>&-: the JVM must not inherit the flock fd, or it would hold the lock while it runs.
     # shellcheck disable=SC2016,SC2086
     PID_FILE="$PID_FILE" nohup setsid bash -c 'echo $$ >"$PID_FILE"; exec "$@"' kafka \
         java $KAFKA_HEAP_OPTS -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
         -XX:MaxInlineLevel=15 -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$LOG4J_CONF" -Dkafka.logs.dir="$KAFKA_DIR" \
-        -cp "$LIBS/*" kafka.Kafka "$CONF" </dev/null >"$LOG_FILE" 2>&1 &
+        -cp "$LIBS/*" kafka.Kafka "$CONF" </dev/null >"$LOG_FILE" 2>&1 9>&- &
 
     local deadline=$((SECONDS + KAFKA_START_TIMEOUT)) info
     while :; do
@@ -248,6 +256,12 @@ stop() {
     log "stopped"
 }
 
+clean() { # stop, then delete data, config and logs; keep the jar cache
+    stop
+    log "removing broker data, config and logs (keeping $LIBS)"
+    rm -rf "$DATA" "$CONF" "$LOG4J_CONF" "$LOG_FILE" "$LOG_FILE.1" "$KAFKA_DIR"/{format,mvn}.log
+}
+
 status() {
     local pid info
     if pid="$(our_pid)"; then
@@ -278,8 +292,9 @@ start) with_lock start ;;
 stop) with_lock stop ;;
 restart) with_lock stop && start ;;
 status) status ;;
+clean) with_lock clean ;;
 *)
-    echo "usage: $0 start|stop|restart|status" >&2
+    echo "usage: $0 start|stop|restart|status|clean" >&2
     exit 2
     ;;
 esac

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Is a Kafka broker up and answering metadata? Uses the stdlib only, so it runs before any venv exists.
+"""Is a Kafka broker up and answering metadata? Stdlib only: it runs before any venv exists.
 
 Usage: kafka_ready.py [HOST:PORT] [--wait SECONDS]
 
@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
         try:
             print(check(host or "127.0.0.1", int(port)))
             return 0
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+        except Exception as exc:  # any failure means "not ready yet"
             last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() >= deadline:
             print(f"kafka at {target} not ready: {last}", file=sys.stderr)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local PostgreSQL for development and tests.
 #
-#   deploy/local/postgres.sh start|stop|restart|status|url
+#   deploy/local/postgres.sh start|stop|restart|status|url|drop
 #
 # If DATABASE_URL is set, reachable, and not this script's own local URL, start/stop do
 # nothing: that database is used as it is. Otherwise the script runs a dedicated Debian
@@ -14,10 +14,10 @@
 #   postgresql://customer_groups:customer_groups@127.0.0.1:55432/customer_groups
 #   (role customer_groups: LOGIN CREATEDB, owns database customer_groups)
 #   superuser: postgres / postgres
-# 'url' prints the DATABASE_URL to use.
+# 'url' prints the DATABASE_URL to use. 'drop' deletes the local cluster and all its data.
 set -euo pipefail
 
-# shellcheck source=deploy/local/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 LOG_TAG=postgres
 
@@ -86,14 +86,14 @@ ensure_installed() {
 
 as_postgres() {
     if [[ $(id -u) -eq 0 ]]; then
-        (cd / && runuser -u postgres -- "$@")
+        (cd / && runuser -u postgres -- "$@" 8>&- 9>&-)
     else
-        (cd / && sudo -u postgres "$@")
+        (cd / && sudo -u postgres "$@" 8>&- 9>&-)
     fi
 }
 
 psql_admin() { # SQL on stdin, as the postgres superuser over the Unix socket (peer auth)
-    as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres "$@"
+    as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres
 }
 
 write_conf() { # write_conf VERSION; returns 0 if the file changed
@@ -157,8 +157,12 @@ start() {
         ver="$(installed_versions | tail -n1)"
         log "creating cluster $ver/$PG_CLUSTER on port $PG_PORT"
         # C.UTF-8 is in every glibc-based Debian, with or without the locales package.
-        as_root pg_createcluster "$ver" "$PG_CLUSTER" -p "$PG_PORT" --locale C.UTF-8 -e UTF8 \
-            --start-conf manual >&2
+        local out
+        if ! out="$(as_root pg_createcluster "$ver" "$PG_CLUSTER" -p "$PG_PORT" \
+            --locale C.UTF-8 -e UTF8 --start-conf manual 2>&1)"; then
+            printf '%s\n' "$out" >&2
+            die "pg_createcluster failed"
+        fi
     fi
     if write_conf "$ver" && cluster_online; then
         log "configuration changed; restarting cluster $ver/$PG_CLUSTER"
@@ -210,6 +214,16 @@ status() {
     return 3
 }
 
+drop() {
+    local ver
+    if ver="$(cluster_version)"; then
+        log "dropping cluster $ver/$PG_CLUSTER and its data"
+        as_root pg_dropcluster --stop "$ver" "$PG_CLUSTER"
+    else
+        log "no local cluster; nothing to drop"
+    fi
+}
+
 url() {
     if external_url 2>/dev/null; then
         echo "$DATABASE_URL"
@@ -231,8 +245,9 @@ stop) with_lock stop ;;
 restart) with_lock stop && start ;;
 status) status ;;
 url) url ;;
+drop) with_lock drop ;;
 *)
-    echo "usage: $0 start|stop|restart|status|url" >&2
+    echo "usage: $0 start|stop|restart|status|url|drop" >&2
     exit 2
     ;;
 esac
