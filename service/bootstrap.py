@@ -17,6 +17,7 @@ from service.adapters.db import Pool, create_pool, migrate
 from service.adapters.kafka import CommandPublisher, EventPublisher, create_broker, ensure_topics
 from service.config import Settings
 from service.entrypoints import consumer as consumer_entrypoint
+from service.entrypoints.asyncapi import document_topics
 from service.observability import Health, Metrics
 from service.relay import OutboxRelay, Pruner
 
@@ -64,6 +65,7 @@ async def lifespan(
         )
         if Role.CONSUMER in roles:
             container.subscriber = consumer_entrypoint.subscribe(broker, settings, consumer)
+        document_topics(broker, settings)
         await broker.start()
         try:
             if Role.RELAY in roles and settings.relay_enabled:

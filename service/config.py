@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     relay_poll_min_s: float = Field(default=0.005, gt=0)
     relay_poll_max_s: float = Field(default=0.2, gt=0)
     relay_lock_retry_s: float = Field(default=1.0, gt=0)
+    # Kafka slower than this to acknowledge a batch marks the relay degraded (it keeps waiting).
+    relay_ack_timeout_s: float = Field(default=5.0, gt=0)
     relay_publish_state: bool = True
 
     http_enabled: bool = True

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.domain.results import CommandResult
@@ -20,6 +20,9 @@ _TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "40")
 
 
 def is_transient(error: BaseException) -> bool:
+    # Kafka refuses these for what the record is, so a retry could only refuse it again.
+    if isinstance(error, MessageSizeTooLargeError | RecordTooLargeError):
+        return False
     if isinstance(error, OSError | TimeoutError | asyncio.TimeoutError | KafkaError):
         return True
     if isinstance(error, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
@@ -58,6 +61,12 @@ class Metrics:
         self.outbox_oldest_age = Gauge(
             "customer_groups_outbox_oldest_age_seconds",
             "Age of the oldest unpublished outbox row",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "customer_groups_consumer_lag",
+            "Commands not yet consumed, per assigned partition (set at scrape time)",
+            ["topic", "partition"],
             registry=r,
         )
 

@@ -43,26 +43,30 @@ class OutboxRelay:
         self._health = health
         self.wakeup = asyncio.Event()
         self.leading = False
+        self._failures = 0
 
     async def run(self) -> None:
-        delay = 0.1
         while True:
             try:
                 await self._lead()
-                delay = 0.1
             except Exception as error:
                 if not is_transient(error):
                     log.exception("outbox relay failed")
                 self.leading = False
                 self._health.degraded("relay", f"{type(error).__name__}: {error}")
+                self._failures += 1
+                delay = min(0.1 * 2 ** (self._failures - 1), 5.0)
                 log.warning("outbox relay paused, retrying in %.1fs: %r", delay, error)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+    def _working(self) -> None:
+        self._failures = 0
+        self._health.ok("relay")
 
     async def _lead(self) -> None:
         async with self._pool.acquire() as conn:
             while not await outbox_store.try_lead(conn):
-                self._health.ok("relay")
+                self._working()
                 await asyncio.sleep(self._settings.relay_lock_retry_s)
             log.info("outbox relay is the active publisher")
             self.leading = True
@@ -79,18 +83,38 @@ class OutboxRelay:
         while True:
             rows = await outbox_store.unpublished(conn, settings.relay_batch_size)
             if rows:
-                await self._publisher.publish(rows)
+                await self._publish(rows)
                 await outbox_store.mark_published(conn, [row.id for row in rows])
                 self._metrics.events_published.inc(len(rows))
-                self._health.ok("relay")
                 idle = settings.relay_poll_min_s
                 if len(rows) == settings.relay_batch_size:
+                    self._working()
                     continue
-            self._health.ok("relay")
+            self._working()
             self.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), idle)
             idle = min(idle * 2, settings.relay_poll_max_s)
+
+    async def _publish(self, rows: list[outbox_store.OutboxRow]) -> None:
+        """Wait for Kafka's acknowledgement however long it takes, degraded meanwhile.
+
+        The idempotent producer never expires a batch: it retries until the broker is back,
+        without duplicates or reordering. Giving up and sending the rows again would only
+        queue more copies behind the ones still waiting."""
+        sending = asyncio.ensure_future(self._publisher.publish(rows))
+        try:
+            waited = 0.0
+            while not sending.done():
+                await asyncio.wait([sending], timeout=self._settings.relay_ack_timeout_s)
+                waited += self._settings.relay_ack_timeout_s
+                if not sending.done():
+                    self._health.degraded(
+                        "relay", f"Kafka has not acknowledged {len(rows)} events in {waited:.0f}s"
+                    )
+            sending.result()
+        finally:
+            sending.cancel()
 
 
 class Pruner:

@@ -104,8 +104,10 @@ class PostgresBatch(Staging):
     def __init__(self, conn: Connection) -> None:
         super().__init__()
         self._conn = conn
+        self._size = 0
 
     async def load(self, commands: Sequence[AnyCommand]) -> None:
+        self._size = len(commands)
         conn = self._conn
         await conn.execute(LOCK_ORGANIZATIONS, [c.organization_id for c in commands])
         rows = await conn.fetch(
@@ -137,8 +139,10 @@ class PostgresBatch(Staging):
         """Write what the batch changed; the caller's transaction commits it.
 
         A lone command whose change the database refuses (its unique index is the final
-        judge of names) is recorded as rejected, and that reason is returned."""
-        if len(self.records) != 1 or not self.changed:
+        judge of names) is recorded as rejected, and that reason is returned. Only a batch of
+        one command qualifies: in a larger one, redeliveries write no record, so which command
+        the reason belongs to is not known here; its caller retries the commands one by one."""
+        if self._size != 1 or not self.changed:
             await self._write_changes()
             await self._write_processed()
             return None

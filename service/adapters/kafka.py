@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -114,37 +114,86 @@ class DeadLetter:
     error: str
 
 
+# A dead letter must fit the DLQ topic (the broker's default limit is about 1 MiB per batch)
+# and the producer's max_request_size, yet a compressing producer can get a far larger
+# command onto the commands topic: such a copy keeps only its first bytes, and its
+# dlq_source_* headers still point at the original.
+DEAD_LETTER_MAX_BYTES = 1_000_000
+_DEAD_LETTER_KEY_MAX = 1024
+
+# A reply_to topic is the producer's word: one that does not exist would hold up the whole
+# partition while the producer waits for its metadata, so its copy gets this long, once.
+REPLY_TO_TIMEOUT_S = 2.0
+
+
 class CommandPublisher:
-    """Sends command results and dead letters, and waits until Kafka has them all."""
+    """Sends command results and dead letters, and waits until Kafka has them all.
+
+    Copies to a producer's reply_to topic are best effort: the results topic is the record."""
 
     def __init__(self, broker: KafkaBroker, settings: Settings) -> None:
         self._broker = broker
         self._settings = settings
+        # Producers may not aim replies into the service's own streams.
+        self._own_topics = {
+            settings.topic_commands,
+            settings.topic_results,
+            settings.topic_events,
+            settings.topic_dlq,
+            settings.topic_state,
+        }
 
     async def send(self, replies: Sequence[Reply], dead: Sequence[DeadLetter] = ()) -> None:
         pending: list[asyncio.Future[Any]] = []
+        extra: list[Coroutine[Any, Any, None]] = []
         for letter in dead:
             pending.append(await self._dead_letter(letter))
         for reply in replies:
             body = orjson.dumps(reply.result.to_json())
             key = reply.result.organization_id.encode()
-            for topic in _topics(self._settings.topic_results, reply.reply_to):
-                pending.append(
-                    await self._broker.publish(
-                        body,
-                        topic,
-                        key=key,
-                        headers={"content-type": "application/json"},
-                        correlation_id=reply.correlation_id,
-                        no_confirm=True,
-                    )
-                )
+            pending.append(await self._publish(body, self._settings.topic_results, key, reply))
+            if reply.reply_to and reply.reply_to not in self._own_topics:
+                extra.append(self._reply_to(body, key, reply))
         if pending:
             await asyncio.gather(*pending)
+        if extra:
+            await asyncio.gather(*extra)
+
+    async def _publish(self, body: bytes, topic: str, key: bytes, reply: Reply) -> Any:
+        return await self._broker.publish(
+            body,
+            topic,
+            key=key,
+            headers={"content-type": "application/json"},
+            correlation_id=reply.correlation_id,
+            no_confirm=True,
+        )
+
+    async def _reply_to(self, body: bytes, key: bytes, reply: Reply) -> None:
+        async def publish() -> None:
+            await (await self._publish(body, str(reply.reply_to), key, reply))
+
+        try:
+            await asyncio.wait_for(publish(), REPLY_TO_TIMEOUT_S)
+        except (TimeoutError, KafkaError) as error:
+            log.warning(
+                "no copy of result %s to reply_to %r: %r",
+                reply.result.command_id,
+                reply.reply_to,
+                error,
+            )
 
     async def _dead_letter(self, letter: DeadLetter) -> asyncio.Future[Any]:
         record = letter.record
-        headers = {k: v.decode(errors="replace") for k, v in record.headers}
+        value, key = record.value, record.key
+        headers = {k: (v or b"").decode(errors="replace") for k, v in record.headers}
+        size = (
+            len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers.items())
+        )
+        if size > DEAD_LETTER_MAX_BYTES:
+            headers = {"dlq_truncated": "true", "dlq_original_size": str(len(value or b""))}
+            key = key[:_DEAD_LETTER_KEY_MAX] if key is not None else None
+            value = (value or b"")[: DEAD_LETTER_MAX_BYTES - 2 * _DEAD_LETTER_KEY_MAX]
         headers.update(
             {
                 "dlq_reason": letter.reason,
@@ -156,18 +205,12 @@ class CommandPublisher:
             }
         )
         return await self._broker.publish(
-            record.value,
+            value,
             self._settings.topic_dlq,
-            key=record.key,
+            key=key,
             headers=headers,
             no_confirm=True,
         )
-
-
-def _topics(results_topic: str, reply_to: str | None) -> Iterable[str]:
-    yield results_topic
-    if reply_to and reply_to != results_topic:
-        yield reply_to
 
 
 def cloudevent_headers(row: OutboxRow, source: str) -> dict[str, str]:

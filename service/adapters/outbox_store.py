@@ -32,10 +32,13 @@ SELECT count(*) AS rows, extract(epoch FROM now() - min(occurred_at)) AS oldest_
 FROM outbox WHERE published_at IS NULL
 """
 
+# Retention counts from publication; the occurred_at bound (never later than published_at)
+# only lets the scan use its index.
 PRUNE_OUTBOX = """
 DELETE FROM outbox WHERE id IN (
     SELECT id FROM outbox
-    WHERE occurred_at < now() - make_interval(secs => $1) AND published_at IS NOT NULL
+    WHERE occurred_at < now() - make_interval(secs => $1)
+      AND published_at < now() - make_interval(secs => $1)
     LIMIT $2)
 """
 
@@ -44,6 +47,26 @@ DELETE FROM processed_commands WHERE ctid IN (
     SELECT ctid FROM processed_commands
     WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)
 """
+
+
+# Ops (re-publish): rows matching optional filters, a NULL filter matching everything.
+_MATCHING = """
+FROM outbox
+WHERE ($1::text[] IS NULL OR organization_id = ANY($1))
+  AND ($2::text[] IS NULL OR group_id = ANY($2))
+  AND ($3::text[] IS NULL OR event_type = ANY($3))
+  AND ($4::timestamptz IS NULL OR occurred_at >= $4)
+  AND ($5::timestamptz IS NULL OR occurred_at < $5)
+"""
+
+SELECT_MATCHING = f"SELECT {OUTBOX_COLUMNS} {_MATCHING} ORDER BY id"
+
+COUNT_MATCHING = f"""
+SELECT event_type, count(*) AS events, min(occurred_at) AS first, max(occurred_at) AS last
+{_MATCHING} GROUP BY event_type ORDER BY event_type
+"""
+
+OLDEST_EVENT = "SELECT min(occurred_at) FROM outbox"
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,8 @@ class _Command(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     command_id: Annotated[str, Field(min_length=1, max_length=COMMAND_ID_MAX)]
-    organization_id: Annotated[str, Field(pattern=ORGANIZATION_ID.pattern, max_length=64)]
+    # pydantic searches a pattern anywhere in the string; anchored, it must match all of it.
+    organization_id: Annotated[str, Field(pattern=f"^{ORGANIZATION_ID.pattern}$", max_length=64)]
 
     @model_validator(mode="before")
     @classmethod

@@ -7,8 +7,9 @@ point before that means redelivery, which the processed-commands table makes har
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -40,6 +41,11 @@ _COMMAND: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 
 # aiokafka's ConsumerRecord is generic only to type checkers.
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+# A result must stay small whatever the input: thousands of unknown fields, or one with a
+# huge name, would otherwise make a 422 larger than Kafka accepts, and it could never be sent.
+_PROBLEMS_SHOWN = 10
+_PROBLEM_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +80,7 @@ def parse_command(value: bytes | None, max_bytes: int) -> AnyCommand | Invalid:
         malformed = any(p["type"] != RULE_ERROR for p in problems)
         return Invalid(
             "invalid_schema" if malformed else "validation",
-            "; ".join(_describe(p) for p in problems),
+            "; ".join(_describe(p)[:_PROBLEM_CHARS] for p in problems[:_PROBLEMS_SHOWN]),
             malformed,
             **ids,
         )
@@ -89,7 +95,7 @@ def _describe(problem: Any) -> str:
 
 def _header(record: Record, name: str) -> str | None:
     for key, value in record.headers:
-        if key == name:
+        if key == name and value is not None:
             return bytes(value).decode(errors="replace")
     return None
 
@@ -172,6 +178,18 @@ class CommandConsumer:
         return Reply(result, _header(record, "reply_to"), _header(record, "correlation_id"))
 
 
+async def _parse_batch(
+    records: tuple[Record, ...],
+    original: Callable[[tuple[Record, ...]], Awaitable[RawKafkaMessage]],
+) -> RawKafkaMessage:
+    """FastStream decodes every header as UTF-8 and fails the whole batch, again on each
+    redelivery, when one is null or not UTF-8; it is shown records without headers, and the
+    handler reads the untouched records, whose headers it decodes leniently."""
+    message = await original(tuple(dataclasses.replace(r, headers=[]) for r in records))
+    message.raw_message = records
+    return message
+
+
 async def _raw_values(message: RawKafkaMessage) -> list[bytes | None]:
     """Skip FastStream's decoding: parse_command reads the bytes itself, bad ones included."""
     return [record.value for record in message.raw_message]
@@ -189,6 +207,7 @@ def subscribe(broker: KafkaBroker, settings: Settings, consumer: CommandConsumer
         batch_timeout_ms=settings.command_batch_timeout_ms,
         # At-least-once: the offset is committed only after the batch's results were sent.
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        parser=_parse_batch,
         decoder=_raw_values,
         no_reply=True,
         title="customer-groups.commands",

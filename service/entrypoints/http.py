@@ -1,16 +1,25 @@
-"""The HTTP server: health, metrics and docs; the customer-groups API is mounted from api.py."""
+"""The HTTP server: the customer-groups API (api.py), health, metrics and docs."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from faststream.specification import Specification, get_asyncapi_html
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.adapters import outbox_store
 from service.bootstrap import ALL_ROLES, Container, Role, lifespan
 from service.config import Settings
+from service.entrypoints import api
+from service.entrypoints.asyncapi import specification
+
+VERSION = "1.0.0"
+PROBE_TIMEOUT_S = 2.0
 
 
 def create_app(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
@@ -18,14 +27,29 @@ def create_app(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> FastAP
     async def app_lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with lifespan(settings, roles) as container:
             app.state.container = container
-            yield
+            app.state.results = None
+            app.state.asyncapi = None
+            if Role.HTTP not in roles:
+                yield
+                return
+            waiter = api.ResultWaiter(settings)
+            await waiter.start()
+            app.state.results = waiter
+            try:
+                yield
+            finally:
+                await waiter.stop()
 
     app = FastAPI(
         title="customer-groups",
-        description="Customer groups per organization: reads from PostgreSQL, writes via Kafka.",
-        version="1.0.0",
+        description=(
+            "Customer groups per organization: reads from PostgreSQL, writes as Kafka commands."
+        ),
+        version=VERSION,
         lifespan=app_lifespan,
     )
+    if Role.HTTP in roles:
+        api.install(app)
 
     @app.get("/health/live", tags=["ops"])
     async def live() -> dict[str, str]:
@@ -33,12 +57,7 @@ def create_app(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> FastAP
 
     @app.get("/health/ready", tags=["ops"])
     async def ready(request: Request) -> Response:
-        container: Container = request.app.state.container
-        problems = dict(container.health.problems)
-        try:
-            await container.pool.fetchval("SELECT 1", timeout=2)
-        except Exception as error:
-            problems["postgres"] = f"{type(error).__name__}: {error}"
+        problems = await _problems(request.app.state.container, request.app.state.results)
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
@@ -46,6 +65,72 @@ def create_app(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> FastAP
     @app.get("/metrics", tags=["ops"])
     async def metrics(request: Request) -> Response:
         container: Container = request.app.state.container
+        await _refresh_gauges(container)
         return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/docs/asyncapi.json", tags=["docs"])
+    async def asyncapi_json(request: Request) -> Response:
+        return Response(_asyncapi(request).to_json(), media_type="application/json")
+
+    @app.get("/docs/asyncapi", tags=["docs"], response_class=HTMLResponse)
+    async def asyncapi_html(request: Request) -> HTMLResponse:
+        return HTMLResponse(get_asyncapi_html(_asyncapi(request), try_it_out_path=None))
+
     return app
+
+
+def _asyncapi(request: Request) -> Specification:
+    state = request.app.state
+    if getattr(state, "asyncapi", None) is None:
+        state.asyncapi = specification(state.container.broker, VERSION)
+    document: Specification = state.asyncapi
+    return document
+
+
+async def _problems(container: Container, results: api.ResultWaiter | None) -> dict[str, str]:
+    """Why this instance should not get traffic now; empty when it should."""
+
+    async def postgres() -> str | None:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await container.pool.fetchval("SELECT 1")
+        except Exception as error:
+            return f"unreachable: {type(error).__name__}: {error}"
+        return None
+
+    async def kafka() -> str | None:
+        return None if await container.broker.ping(PROBE_TIMEOUT_S) else "unreachable"
+
+    postgres_problem, kafka_problem = await asyncio.gather(postgres(), kafka())
+    problems = dict(container.health.problems)
+    if postgres_problem:
+        problems["postgres"] = postgres_problem
+    if kafka_problem:
+        problems["kafka"] = kafka_problem
+    if container.subscriber is not None:
+        consumer = getattr(container.subscriber, "consumer", None)
+        if consumer is None or not consumer.assignment():
+            problems["consumer"] = "no command partitions assigned"
+    if results is not None and not results.running:
+        problems["results"] = "the command result reader stopped"
+    return problems
+
+
+async def _refresh_gauges(container: Container) -> None:
+    """Gauges that are cheap to read at scrape time; a failed read keeps the last value."""
+    metrics = container.metrics
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            rows, age = await outbox_store.backlog(container.pool)
+        metrics.outbox_backlog.set(rows)
+        metrics.outbox_oldest_age.set(age)
+    consumer = getattr(container.subscriber, "consumer", None)
+    if consumer is None:
+        return
+    metrics.consumer_lag.clear()
+    for partition in consumer.assignment():
+        # highwater is known once a fetch returned; the position is then known too.
+        end = consumer.highwater(partition)
+        if end is not None:
+            lag = end - await consumer.position(partition)
+            metrics.consumer_lag.labels(partition.topic, str(partition.partition)).set(lag)

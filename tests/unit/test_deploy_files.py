@@ -44,7 +44,5 @@ def test_compose_postgres_credentials_match_the_service_url() -> None:
     services = _compose()["services"]
     pg = services["postgres"]["environment"]
     url = services["service"]["environment"]["DATABASE_URL"]
-    expected = (
-        f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}"
-    )
+    expected = f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}"
     assert url == expected

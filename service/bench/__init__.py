@@ -1,0 +1,182 @@
+"""`customer-groups bench`: the service's throughput, latency, relay rate and memory, next to
+what raw PostgreSQL and Kafka do on the same machine in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from service.bench.options import PHASES, BenchOptions, Report
+from service.bench.runner import run_bench
+from service.config import Settings
+
+# (figure, how to read it from the report, target, True when higher is better)
+TARGETS: list[tuple[str, tuple[str, ...], float, bool]] = [
+    ("commands_per_s", ("commands_per_s",), 10_000, True),
+    ("latency p99 (ms)", ("latency_ms", "p99"), 50, False),
+    ("relay_events_per_s", ("relay_events_per_s",), 20_000, True),
+    ("rss_mb (peak, per process)", ("rss_mb",), 150, False),
+]
+PREEXISTING_TOLERANCE_PCT = 10
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark the service on the local Kafka and PostgreSQL",
+        description=(
+            "Start the service as a separate process on a database and topics of the bench's "
+            "own, drive it with commands and print its figures next to raw PostgreSQL and "
+            "Kafka baselines measured in the same run."
+        ),
+    )
+    defaults = BenchOptions()
+    bench.add_argument("--commands", type=int, help=f"default {defaults.commands:,}")
+    bench.add_argument("--organizations", type=int, help=f"default {defaults.organizations}")
+    bench.add_argument("--rate", type=int, help=f"latency offered rate/s, default {defaults.rate}")
+    bench.add_argument(
+        "--latency-seconds", type=float, help=f"default {defaults.latency_seconds:g}"
+    )
+    bench.add_argument(
+        "--relay-backlog", type=int, help=f"outbox rows, default {defaults.relay_backlog:,}"
+    )
+    bench.add_argument(
+        "--preload",
+        type=int,
+        help="groups in the table before the throughput run; above 1,000 it runs twice, "
+        "with 1,000 and with this many, to compare",
+    )
+    bench.add_argument(
+        "--baseline-seconds",
+        type=float,
+        help=f"time cap of each one-transaction-per-command baseline, default "
+        f"{defaults.baseline_seconds:g}",
+    )
+    bench.add_argument(
+        "--external",
+        action="store_true",
+        help="drive the service already running with this environment's settings "
+        "(no relay phase, no preload, no memory figure)",
+    )
+    bench.add_argument("--skip", action="append", choices=PHASES, default=[], help="repeatable")
+    bench.add_argument("--smoke", action="store_true", help="tiny sizes: checks the path only")
+    bench.add_argument("--keep", action="store_true", help="keep the bench database and topics")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=_bench)
+
+
+def options_from(args: argparse.Namespace) -> BenchOptions:
+    options = BenchOptions.smoke() if args.smoke else BenchOptions()
+    given = {
+        name: getattr(args, name)
+        for name in (
+            "commands",
+            "organizations",
+            "rate",
+            "latency_seconds",
+            "relay_backlog",
+            "preload",
+            "baseline_seconds",
+        )
+        if getattr(args, name) is not None
+    }
+    return replace(
+        options, **given, external=args.external, keep=args.keep, skip=frozenset(args.skip)
+    )
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    options = options_from(args)
+    if options.external and options.preload:
+        print("--preload needs the bench's own database; it cannot go with --external")
+        return 2
+
+    logging.getLogger("service").setLevel(logging.WARNING)
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    report = asyncio.run(run_bench(options, settings, progress))
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        print_table(report)
+    return 1 if report.problems else 0
+
+
+def _lookup(figures: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = figures
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def print_table(report: Report) -> None:
+    f = report.figures
+    console = Console()
+    if machine := f.get("machine"):
+        console.print(
+            f"{machine['cpus']} CPUs, load average {machine['loadavg_at_start']} at start, "
+            f"{machine.get('loadavg_at_end')} at end; sizes: {f.get('sizes')}",
+            highlight=False,
+        )
+    figures = Table(title="customer-groups bench", title_justify="left")
+    for column in ("figure", "value", "target", ""):
+        figures.add_column(column, justify="right" if column in ("value", "target") else "left")
+    for name, path, target, higher in TARGETS:
+        value = _lookup(f, path)
+        if value is None:
+            figures.add_row(name, "-", "", "skipped")
+            continue
+        met = value >= target if higher else value <= target
+        figures.add_row(
+            name,
+            f"{value:,.1f}",
+            f"{'≥' if higher else '≤'} {target:,.0f}",
+            "[green]met[/]" if met else "[red]missed[/]",
+        )
+    if latency := f.get("latency_ms"):
+        figures.add_row(
+            "latency p50 / p95 (ms)",
+            f"{latency['p50']:,.1f} / {latency['p95']:,.1f}",
+            "",
+            f"at {f['latency_rate']:,}/s offered",
+        )
+    for groups, per_s in f.get("groups_preexisting", {}).items():
+        figures.add_row(f"commands_per_s, {int(groups):,} groups before", f"{per_s:,.1f}", "", "")
+    if (change := f.get("groups_preexisting_change_pct")) is not None:
+        met = abs(change) <= PREEXISTING_TOLERANCE_PCT
+        figures.add_row(
+            "change with preexisting groups",
+            f"{change:+.1f}%",
+            f"within {PREEXISTING_TOLERANCE_PCT}%",
+            "[green]met[/]" if met else "[red]missed[/]",
+        )
+    console.print(figures)
+    if base := f.get("baselines"):
+        table = Table(title="baselines (same run, same machine)", title_justify="left")
+        table.add_column("baseline")
+        table.add_column("value", justify="right")
+        for name, value in base.items():
+            table.add_row(name, f"{value:,.1f}")
+        console.print(table)
+    if ratios := f.get("ratios"):
+        table = Table(title="ratios", title_justify="left")
+        table.add_column("ours / baseline")
+        table.add_column("ratio", justify="right")
+        for name, value in ratios.items():
+            table.add_row(name, f"{value:.3f}")
+        console.print(table)
+    for problem in report.problems:
+        console.print(f"[bold red]PROBLEM[/] {problem}", markup=True, highlight=False)

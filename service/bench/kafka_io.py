@@ -1,0 +1,177 @@
+"""Plain aiokafka clients for the bench: producing workloads and watching topics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from service.adapters.kafka import client_options
+from service.config import Settings
+
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+OnRecord = Callable[[Record, float], None]
+
+
+def producer(settings: Settings, linger_ms: int = 5) -> Any:
+    return AIOKafkaProducer(
+        **client_options(settings),
+        acks="all",
+        linger_ms=linger_ms,
+        max_batch_size=512 * 1024,
+        max_request_size=4 * 1024 * 1024,
+    )
+
+
+async def partitions(settings: Settings, topics: Sequence[str]) -> list[TopicPartition]:
+    probe = producer(settings)
+    await probe.start()
+    try:
+        return [TopicPartition(t, p) for t in topics for p in sorted(await probe.partitions_for(t))]
+    finally:
+        await probe.stop()
+
+
+async def produce(client: Any, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    for key, value in records:
+        await client.send(topic, value, key=key)
+    await client.flush()
+
+
+class Tail:
+    """Reads topics from their current end on, counting records as they arrive.
+
+    `on_record(record, seen_at)` sees each record; seen_at is `time.perf_counter()` when
+    the fetch that brought it returned."""
+
+    def __init__(
+        self, settings: Settings, topics: Sequence[str], on_record: OnRecord | None = None
+    ):
+        self._settings = settings
+        self._topics = list(topics)
+        self._on_record = on_record
+        self.counts = dict.fromkeys(self._topics, 0)
+        self.last_seen = dict.fromkeys(self._topics, 0.0)
+        self._consumer: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
+
+    async def start(self) -> None:
+        assigned = await partitions(self._settings, self._topics)
+        self._consumer = AIOKafkaConsumer(
+            **client_options(self._settings),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await self._consumer.start()
+        self._consumer.assign(assigned)
+        for partition, offset in (await self._consumer.end_offsets(assigned)).items():
+            self._consumer.seek(partition, offset)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=10_000)
+            seen_at = time.perf_counter()
+            for partition, records in batches.items():
+                self.counts[partition.topic] += len(records)
+                self.last_seen[partition.topic] = seen_at
+                if self._on_record is not None:
+                    for record in records:
+                        self._on_record(record, seen_at)
+            if batches:
+                self._arrived.set()
+
+    async def wait(self, done: Callable[[], bool], stall_s: float) -> bool:
+        """Until `done()`; False once nothing arrived for `stall_s` seconds."""
+        last_progress = time.perf_counter()
+        while not done():
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), 0.5)
+                last_progress = time.perf_counter()
+            except TimeoutError:
+                if self._task is not None and self._task.done():
+                    self._task.result()
+                if time.perf_counter() - last_progress > stall_s:
+                    return False
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+class Offsets:
+    """How many records a topic gained since `start()`, read from its end offsets only."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._consumer: Any = None
+        self._partitions: list[TopicPartition] = []
+        self._base = 0
+
+    async def start(self) -> None:
+        self._partitions = await partitions(self._settings, [self._topic])
+        self._consumer = AIOKafkaConsumer(**client_options(self._settings), group_id=None)
+        await self._consumer.start()
+        self._base = await self._total()
+
+    async def _total(self) -> int:
+        return sum((await self._consumer.end_offsets(self._partitions)).values())
+
+    async def gained(self) -> int:
+        return await self._total() - self._base
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+async def create_topic(settings: Settings, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, settings.topic_replication_factor)])
+    finally:
+        await admin.close()
+
+
+async def delete_topics(settings: Settings, names: Sequence[str]) -> None:
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [name for name in names if name in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
+async def roundtrip_per_s(settings: Settings, topic: str, count: int, size: int) -> float:
+    """Raw aiokafka: produce `count` messages of `size` bytes and consume them; messages/s."""
+    tail = Tail(settings, [topic])
+    await tail.start()
+    client = producer(settings)
+    await client.start()
+    records = [(f"org-{i % 100}".encode(), (b"%08d" % i) * (size // 8)) for i in range(count)]
+    try:
+        started = time.perf_counter()
+        await produce(client, topic, records)
+        if not await tail.wait(lambda: tail.counts[topic] >= count, stall_s=30):
+            raise RuntimeError(f"round trip: only {tail.counts[topic]} of {count} came back")
+        return count / (tail.last_seen[topic] - started)
+    finally:
+        await client.stop()
+        await tail.stop()

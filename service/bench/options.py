@@ -1,0 +1,44 @@
+"""What a bench run is asked to do and what it found; cheap to import (the CLI loads it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+PHASES = ("baselines", "throughput", "latency", "relay")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    commands: int = 100_000
+    organizations: int = 100
+    rate: int = 1000
+    latency_seconds: float = 10
+    relay_backlog: int = 200_000
+    preload: int = 0
+    baseline_seconds: float = 10
+    external: bool = False
+    keep: bool = False
+    skip: frozenset[str] = frozenset()
+
+    @classmethod
+    def smoke(cls, **overrides: Any) -> BenchOptions:
+        """Sizes small enough for the test suite; the figures mean nothing, the path is checked."""
+        small = cls(
+            commands=300,
+            organizations=10,
+            rate=200,
+            latency_seconds=1.5,
+            relay_backlog=500,
+            baseline_seconds=1,
+        )
+        return replace(small, **overrides)
+
+
+@dataclass
+class Report:
+    figures: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.figures, "problems": self.problems}

@@ -1,0 +1,456 @@
+"""The benchmark's phases, on a database and topics of its own, against the real service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+from pydantic import SecretStr
+
+from service.adapters.db import Pool, create_pool, migrate
+from service.adapters.kafka import ensure_topics
+from service.bench import baselines, kafka_io, workload
+from service.bench.options import BenchOptions, Report
+from service.bench.process import ServiceProcess
+from service.config import Settings
+from service.domain.model import format_time
+
+MESSAGE_BYTES = 300
+SMALL_PRELOAD = 1000
+
+Progress = Callable[[str], None]
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def bench_settings(settings: Settings, prefix: str, database_url: str) -> Settings:
+    return settings.model_copy(
+        update={
+            "database_url": SecretStr(database_url),
+            "kafka_consumer_group": f"{prefix}-service",
+            "topic_commands": f"{prefix}.commands",
+            "topic_results": f"{prefix}.command-results",
+            "topic_events": f"{prefix}.events",
+            "topic_dlq": f"{prefix}.commands.dlq",
+            "topic_state": f"{prefix}.state",
+        }
+    )
+
+
+def _topics(s: Settings) -> list[str]:
+    return [s.topic_commands, s.topic_results, s.topic_events, s.topic_dlq, s.topic_state]
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(admin_url: str, name: str, keep: bool) -> AsyncIterator[str]:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield _with_database(admin_url, name)
+    finally:
+        if not keep:
+            await _drop_database(admin_url, name)
+
+
+async def _drop_database(admin_url: str, name: str, attempts: int = 30) -> None:
+    """FORCE cannot end an autovacuum worker (it is not our role's); it is soon done."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for attempt in range(attempts):
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(1)
+    finally:
+        await conn.close()
+
+
+async def run_bench(
+    options: BenchOptions, settings: Settings, progress: Progress = lambda _: None
+) -> Report:
+    """Every figure of the benchmark, measured in this one run.
+
+    `settings` gives the servers; the bench makes its own database and topics on them and
+    drops them at the end (unless `keep`). With `external`, the service is the one already
+    running with `settings`' topics; only new organizations are written there."""
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"bench-{run_id}"
+    report = Report()
+    report.figures["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    report.figures["sizes"] = {
+        "commands": options.commands,
+        "organizations": options.organizations,
+        "latency_rate": options.rate,
+        "latency_seconds": options.latency_seconds,
+        "relay_backlog": options.relay_backlog,
+        "preload": options.preload,
+    }
+    admin_url = settings.database_url.get_secret_value()
+    database = f"customer_groups_bench_{run_id}"
+    async with scratch_database(admin_url, database, options.keep) as url:
+        own = bench_settings(settings, prefix, url)
+        target = settings if options.external else own
+        if options.keep:
+            report.figures["kept"] = {"database": database, "topic_prefix": prefix}
+        pool = await create_pool(own, min_size=1)
+        created_topics: list[str] = []
+        try:
+            await migrate(pool)
+            if not options.external:
+                await ensure_topics(own)
+                created_topics += _topics(own)
+            bench = _Bench(options, own, target, pool, report, progress, prefix)
+            if "baselines" not in options.skip:
+                roundtrip = f"{prefix}.roundtrip"
+                await kafka_io.create_topic(own, roundtrip, own.topic_partitions_commands)
+                created_topics.append(roundtrip)
+                await bench.baselines(roundtrip)
+            await bench.service_phases()
+            if "relay" not in options.skip and not options.external:
+                await bench.relay()
+        finally:
+            await pool.close()
+            if created_topics and not options.keep:
+                await kafka_io.delete_topics(own, created_topics)
+    report.figures["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    _ratios(report)
+    return report
+
+
+@dataclass
+class _Bench:
+    options: BenchOptions
+    own: Settings
+    target: Settings
+    pool: Pool
+    report: Report
+    progress: Progress
+    prefix: str
+    orgs: list[str] = field(init=False)
+    peak_rss_mb: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.orgs = workload.organizations(self.prefix, self.options.organizations)
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        return self.report.figures
+
+    def problem(self, message: str) -> None:
+        self.report.problems.append(message)
+        self.progress(f"PROBLEM: {message}")
+
+    async def baselines(self, roundtrip_topic: str) -> None:
+        o = self.options
+        found: dict[str, float] = {}
+        self.figures["baselines"] = found
+        # The same starting point as the throughput run, so the planner sees the same table.
+        await self.reset()
+        await self.preload(SMALL_PRELOAD)
+        self.progress("baseline: raw asyncpg, one transaction per command, one connection")
+        rows = baselines.rows_for(workload.plan(o.commands, self.orgs, "c1"))
+        found["db_tx_per_s_c1"] = await baselines.transactions_per_s(
+            self.pool, rows, 1, o.baseline_seconds
+        )
+        connections = self.own.database_pool_max
+        self.progress(
+            f"baseline: raw asyncpg, one transaction per command, {connections} connections"
+        )
+        rows = baselines.rows_for(workload.plan(o.commands, self.orgs, "cp"))
+        found["db_tx_per_s_pool"] = await baselines.transactions_per_s(
+            self.pool, rows, connections, o.baseline_seconds
+        )
+        self.figures["sizes"]["db_pool_connections"] = connections
+        self.progress("baseline: raw asyncpg, set-based batches of 500")
+        rows = baselines.rows_for(workload.plan(o.commands, self.orgs, "cb"))
+        found["db_batch_rows_per_s"] = await baselines.batch_rows_per_s(self.pool, rows)
+        self.progress("baseline: raw aiokafka produce -> consume")
+        found["kafka_roundtrip_msgs_per_s"] = await kafka_io.roundtrip_per_s(
+            self.own, roundtrip_topic, o.commands, MESSAGE_BYTES
+        )
+        await self.reset()
+
+    async def reset(self) -> None:
+        await self.pool.execute("TRUNCATE customer_groups, outbox, processed_commands")
+
+    async def preload(self, count: int) -> None:
+        """`count` groups spread over the bench's organizations, written set-based."""
+        await self.pool.execute(
+            """
+            INSERT INTO customer_groups (id, organization_id, name, description, platform_id,
+                                         version, created_at, updated_at, deleted_at)
+            SELECT 'grp_pre-' || i, ($1::text[])[1 + i % cardinality($1::text[])],
+                   'Preloaded group ' || i, 'A group that was there before the benchmark',
+                   NULL, 1, now(), now(), NULL
+            FROM generate_series(1, $2::int) AS i
+            """,
+            self.orgs,
+            count,
+        )
+        await self.pool.execute("VACUUM ANALYZE customer_groups")
+
+    async def service_phases(self) -> None:
+        o = self.options
+        wanted = [p for p in ("throughput", "latency") if p not in o.skip]
+        if not wanted:
+            return
+        service = None if o.external else ServiceProcess(self.target)
+        try:
+            if service is not None:
+                await service.start()
+                self.progress(f"service started (pid {service.pid}, log {service.log_path})")
+                self.figures["service_pid"] = service.pid
+            await self.warm_up()
+            if "throughput" in wanted:
+                await self.throughput_runs()
+            if "latency" in wanted:
+                await self.latency()
+        except BaseException:
+            if service is not None:
+                self.report.problems.append(f"service log tail:\n{service.log_tail()}")
+            raise
+        finally:
+            if service is not None:
+                await service.stop()
+                self.peak_rss_mb = max(self.peak_rss_mb, service.peak_rss_mb)
+                self.figures["rss_mb"] = round(self.peak_rss_mb, 1)
+
+    async def warm_up(self) -> None:
+        """Until the service answers (its consumer owns the partitions), nothing is timed."""
+        planned = workload.plan(20, [f"{self.orgs[0]}-warmup"], "w")
+        if not (await self.drive(planned, stall_s=90))["complete"]:
+            raise RuntimeError("the service did not answer the warm-up commands")
+
+    async def drive(self, planned: list[workload.Planned], stall_s: float = 30) -> dict[str, Any]:
+        """Send `planned` as fast as possible; what came back, checked against the plan."""
+        t = self.target
+        events_expected = workload.expected_events(planned)
+        codes: Counter[int] = Counter()
+
+        def on_record(record: kafka_io.Record, _: float) -> None:
+            if record.topic == t.topic_results:
+                codes[orjson.loads(record.value)["code"]] += 1
+
+        tail = kafka_io.Tail(t, [t.topic_events, t.topic_results], on_record)
+        await tail.start()
+        client = kafka_io.producer(t)
+        await client.start()
+        try:
+            records = workload.encode(planned)
+            started = time.perf_counter()
+            await kafka_io.produce(client, t.topic_commands, records)
+            produced = time.perf_counter()
+            complete = await tail.wait(
+                lambda: (
+                    tail.counts[t.topic_events] >= events_expected
+                    and tail.counts[t.topic_results] >= len(planned)
+                ),
+                stall_s,
+            )
+        finally:
+            await client.stop()
+            await tail.stop()
+        outcome: dict[str, Any] = {
+            "complete": complete,
+            "seconds": max(tail.last_seen.values()) - started,
+            "produce_seconds": produced - started,
+            "results": tail.counts[t.topic_results],
+            "events": tail.counts[t.topic_events],
+            "events_expected": events_expected,
+        }
+        if complete:
+            outcome["seconds"] = tail.last_seen[t.topic_events] - started
+        expected = workload.expected_codes(planned)
+        if outcome["results"] != len(planned):
+            self.problem(f"{len(planned)} commands sent but {outcome['results']} results seen")
+        if outcome["events"] != events_expected:
+            self.problem(f"{events_expected} events expected but {outcome['events']} seen")
+        if codes != expected:
+            self.problem(f"result codes {dict(codes)} differ from the plan's {dict(expected)}")
+        return outcome
+
+    async def throughput_runs(self) -> None:
+        o = self.options
+        sizes = (
+            [o.preload] if o.preload <= SMALL_PRELOAD or o.external else [SMALL_PRELOAD, o.preload]
+        )
+        by_size: dict[str, float] = {}
+        for index, size in enumerate(sizes):
+            if not o.external:
+                await self.reset()
+                if size:
+                    self.progress(f"preloading {size:,} groups")
+                    await self.preload(size)
+            self.progress(f"throughput: {o.commands:,} commands, {size:,} groups there before")
+            planned = workload.plan(o.commands, self.orgs, f"t{index}")
+            outcome = await self.drive(planned)
+            per_s = len(planned) / outcome["seconds"]
+            by_size[str(size)] = round(per_s, 1)
+            self.figures["throughput"] = {**outcome, "commands": len(planned)}
+            self.figures["commands_per_s"] = round(per_s, 1)
+        self.figures["groups_preexisting"] = by_size
+        if len(by_size) == 2:
+            small, large = by_size.values()
+            self.figures["groups_preexisting_change_pct"] = round((large / small - 1) * 100, 1)
+
+    async def latency(self) -> None:
+        """Each command's time from its send to its event, at a fixed offered rate."""
+        o, t = self.options, self.target
+        count = max(1, int(o.rate * o.latency_seconds))
+        self.progress(f"latency: {count:,} commands at {o.rate:,}/s")
+        planned = workload.plan(count, self.orgs, "l")
+        records = workload.encode(planned)
+        sent: dict[str, float] = {}
+        latencies: list[float] = []
+
+        def on_event(record: kafka_io.Record, seen_at: float) -> None:
+            for key, value in record.headers:
+                if key == "ce_commandid":
+                    at = sent.pop(value.decode(), None)
+                    if at is not None:
+                        latencies.append(seen_at - at)
+                    return
+
+        tail = kafka_io.Tail(t, [t.topic_events], on_event)
+        await tail.start()
+        client = kafka_io.producer(t, linger_ms=0)
+        await client.start()
+        try:
+            started = time.perf_counter()
+            for index, (p, (key, value)) in enumerate(zip(planned, records, strict=True)):
+                due = started + index / o.rate
+                if (wait := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
+                if p.eventful:
+                    sent[p.command_id] = time.perf_counter()
+                await client.send(t.topic_commands, value, key=key)
+            offered = count / (time.perf_counter() - started)
+            expected = workload.expected_events(planned)
+            await tail.wait(lambda: len(latencies) >= expected, stall_s=15)
+        finally:
+            await client.stop()
+            await tail.stop()
+        if len(latencies) < expected:
+            self.problem(f"latency: {expected - len(latencies)} of {expected} events never came")
+        if not latencies:
+            return
+        latencies.sort()
+        self.figures["latency_ms"] = {
+            q: round(latencies[min(len(latencies) - 1, int(len(latencies) * f))] * 1000, 2)
+            for q, f in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+        } | {"max": round(latencies[-1] * 1000, 2)}
+        self.figures["latency_rate"] = o.rate
+        self.figures["latency_offered_per_s"] = round(offered, 1)
+
+    async def relay(self) -> None:
+        """A relay-only service drains a backlog that appears in the outbox all at once."""
+        o, s = self.options, self.own
+        await self.reset()
+        service = ServiceProcess(s, roles=("relay",))
+        await service.start()
+        self.progress(f"relay-only service started (pid {service.pid})")
+        offsets = kafka_io.Offsets(s, s.topic_events)
+        await offsets.start()
+        try:
+            self.progress(f"relay: committing a backlog of {o.relay_backlog:,} outbox rows")
+            await self.fill_outbox(o.relay_backlog)
+            started = time.perf_counter()
+            seen, last_progress = 0, started
+            while seen < o.relay_backlog:
+                await asyncio.sleep(0.02)
+                now_seen = await offsets.gained()
+                if now_seen > seen:
+                    seen, last_progress = now_seen, time.perf_counter()
+                elif time.perf_counter() - last_progress > 30:
+                    break
+            finished = last_progress
+            unpublished = await self._unpublished_after(5)
+        except BaseException:
+            self.report.problems.append(f"relay log tail:\n{service.log_tail()}")
+            raise
+        finally:
+            await offsets.stop()
+            await service.stop()
+        if seen != o.relay_backlog:
+            self.problem(f"relay: {o.relay_backlog} events expected but {seen} published")
+        if unpublished:
+            self.problem(f"relay: {unpublished} outbox rows still unpublished")
+        self.figures["relay_events_per_s"] = round(seen / (finished - started), 1)
+        self.figures["rss_mb_relay"] = round(service.peak_rss_mb, 1)
+        self.peak_rss_mb = max(self.peak_rss_mb, service.peak_rss_mb)
+        self.figures["rss_mb"] = round(self.peak_rss_mb, 1)
+
+    async def _unpublished_after(self, seconds: float) -> int:
+        """Rows are marked after Kafka acknowledged them, a moment after they are visible."""
+        deadline = time.perf_counter() + seconds
+        while True:
+            count: int = await self.pool.fetchval(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            )
+            if count == 0 or time.perf_counter() > deadline:
+                return count
+            await asyncio.sleep(0.1)
+
+    async def fill_outbox(self, count: int) -> None:
+        """`count` group.created rows with realistic payloads, committed in one transaction."""
+        now = format_time(await self.pool.fetchval("SELECT now()"))
+        await self.pool.execute(
+            """
+            INSERT INTO outbox (event_type, organization_id, group_id, group_version,
+                                command_id, traceparent, payload, occurred_at)
+            SELECT 'group.created', o.org, 'grp_relay-' || i, 1, 'relay-' || i, NULL,
+                   json_build_object(
+                       'id', 'grp_relay-' || i, 'organization_id', o.org,
+                       'name', 'Relay group ' || i,
+                       'description', 'Customers of segment ' || i || ' with premium benefits',
+                       'platform_id', NULL, 'version', 1, 'created_at', $3::text,
+                       'updated_at', $3::text, 'deleted_at', NULL),
+                   now()
+            FROM generate_series(1, $2::int) AS i,
+                 LATERAL (SELECT ($1::text[])[1 + i % cardinality($1::text[])] AS org) AS o
+            """,
+            self.orgs,
+            count,
+            now,
+        )
+
+
+def _ratios(report: Report) -> None:
+    f = report.figures
+    base = f.get("baselines", {})
+    ratios: dict[str, float] = {}
+    pairs = [
+        ("commands_per_s", "db_tx_per_s_c1"),
+        ("commands_per_s", "db_tx_per_s_pool"),
+        ("commands_per_s", "db_batch_rows_per_s"),
+        ("commands_per_s", "kafka_roundtrip_msgs_per_s"),
+        ("relay_events_per_s", "kafka_roundtrip_msgs_per_s"),
+    ]
+    for ours, theirs in pairs:
+        if f.get(ours) and base.get(theirs):
+            ratios[f"{ours}/{theirs}"] = round(f[ours] / base[theirs], 3)
+    f["ratios"] = ratios

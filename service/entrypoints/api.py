@@ -1,0 +1,494 @@
+"""The customer-groups HTTP API: reads from PostgreSQL, writes as Kafka commands.
+
+A write is published on the commands topic like any producer's, and the service's result
+is awaited on the results topic, so the API has the Kafka contract's idempotency,
+ordering and events, and nothing but the consumer ever writes a group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.adapters import queries
+from service.adapters.kafka import client_options
+from service.bootstrap import Container
+from service.config import Settings
+from service.domain.commands import (
+    DESCRIPTION_MAX,
+    GROUP_ID,
+    NAME_MAX,
+    PLATFORM_ID_MAX,
+    valid_command_id,
+)
+from service.domain.errors import GroupNotFound, InvalidCommand, Rejected
+from service.domain.model import Group, group_json
+from service.domain.ports import AnyCommand
+from service.domain.results import CommandResult
+from service.entrypoints.asyncapi import GroupSchema
+from service.entrypoints.consumer import Invalid, parse_command
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1/customer-groups"
+# The largest millisecond timestamp a datetime holds (9999-12-31T23:59:59.999Z).
+_MAX_MS = 253_402_300_799_999
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_VERSION_TAG = re.compile(r'(?:W/)?"?([0-9]{1,9})"?')
+
+
+class ApiError(Exception):
+    """An error response in the Linkit shape: {"code", "error", "details"}."""
+
+    def __init__(self, code: int, error: str, details: Any = None) -> None:
+        super().__init__(error)
+        self.code = code
+        self.error = error
+        self.details = details
+
+    @classmethod
+    def of(cls, reason: Rejected) -> ApiError:
+        return cls(reason.code, reason.error, reason.details)
+
+
+class ErrorBody(BaseModel):
+    code: int
+    error: str
+    details: Any = None
+
+
+class GroupBody(BaseModel):
+    customer_group: GroupSchema
+
+
+class GroupList(BaseModel):
+    customer_groups: list[GroupSchema]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+    page: int
+    limit: int
+
+
+class Accepted(BaseModel):
+    command_id: str = Field(description="The command is queued; its result comes later on Kafka.")
+
+
+class CreateBody(BaseModel):
+    # The command's own validators judge the values (see _command); this model gives the
+    # docs their schema and turns away what is not even of the right type.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["name"]})
+
+    name: str | None = Field(
+        None,
+        description=f"Trimmed; 1-{NAME_MAX} characters; unique in the organization",
+        examples=["VIP Customers"],
+    )
+    description: str | None = Field(None, description=f"At most {DESCRIPTION_MAX} characters")
+    platform_id: str | None = Field(
+        None, description=f"At most {PLATFORM_ID_MAX} characters: the id on another platform"
+    )
+
+
+class ReplaceBody(CreateBody):
+    """All fields: an absent description or platform_id is cleared."""
+
+
+class PatchBody(CreateBody):
+    """Only the fields present change; null clears description or platform_id."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=None)
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in [
+        (401, "Missing or unknown bearer token"),
+        (404, "No such group in this organization"),
+        (409, "Name taken, version conflict, or Idempotency-Key reused with another body"),
+        (422, "Invalid JSON, fields or parameters"),
+        (503, "Kafka is unreachable"),
+    ]
+}
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    202: {"model": Accepted, "description": "No result within the wait; the command is queued"},
+}
+
+_bearer = HTTPBearer(auto_error=False, description="A token configured in API_TOKENS")
+
+
+def _container(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+def organization(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The token's organization; every token is compared, each in constant time."""
+    if credentials is not None:
+        presented = credentials.credentials.encode()
+        found: str | None = None
+        for token, organization_id in _container(request).settings.token_organizations.items():
+            if hmac.compare_digest(presented, token.encode()):
+                found = organization_id
+        if found is not None:
+            return found
+    raise ApiError(401, "Unauthorized", "A valid bearer token is required")
+
+
+Organization = Annotated[str, Depends(organization)]
+GroupId = Annotated[str, Path(description="The group's id, `grp_...`")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(description="Becomes the command_id: a retry with the same key gets the first result."),
+]
+IfMatch = Annotated[
+    str | None, Header(description='The version the group must have, as its ETag: "3"')
+]
+
+
+class ResultWaiter:
+    """Reads the results topic from its end and hands each result to the request awaiting it.
+
+    Every request puts a fresh correlation_id on its command and the service echoes it on
+    the result (on a replayed command's stored result too), so results find their request
+    even when two requests share an Idempotency-Key."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._topic = settings.topic_results
+        self._consumer = AIOKafkaConsumer(
+            self._topic,
+            **client_options(settings),
+            client_id=f"{settings.kafka_client_id}-http",
+            group_id=None,
+            auto_offset_reset="latest",
+        )
+        self._waiting: dict[str, asyncio.Future[CommandResult]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        # Fix every partition's end offset now: a result that arrived before the first
+        # fetch resolved "latest" would otherwise be skipped.
+        for partition in self._consumer.assignment():
+            await self._consumer.position(partition)
+        self._task = asyncio.create_task(self._read(), name="http-result-waiter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._consumer.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @contextlib.contextmanager
+    def expect(self, correlation_id: str) -> Iterator[asyncio.Future[CommandResult]]:
+        future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation_id] = future
+        try:
+            yield future
+        finally:
+            self._waiting.pop(correlation_id, None)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=1000)
+            except KafkaError as error:
+                log.warning("reading command results failed, retrying: %r", error)
+                await asyncio.sleep(1)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._deliver(record.key, record.value, record.headers)
+
+    def _deliver(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+    ) -> None:
+        correlation_id = next((v for k, v in headers if k == "correlation_id"), None)
+        future = self._waiting.get(
+            correlation_id.decode(errors="replace") if correlation_id else ""
+        )
+        if future is None or future.done() or not value or not key:
+            return
+        try:
+            result = CommandResult.from_json(key.decode(), orjson.loads(value))
+        except (ValueError, KeyError, TypeError) as error:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _json(body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code, headers, media_type="application/json")
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+def _group_response(group: dict[str, Any], status_code: int) -> Response:
+    return _json({"customer_group": group}, status_code, _etag(group["version"]))
+
+
+def expected_version(if_match: str | None) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    match = _VERSION_TAG.fullmatch(if_match.strip())
+    if match is None:
+        raise ApiError(422, InvalidCommand.error, 'If-Match must be a group version, e.g. "3"')
+    return int(match.group(1))
+
+
+def _group_id(group_id: str) -> str:
+    if not GROUP_ID.fullmatch(group_id):
+        raise ApiError.of(GroupNotFound(group_id))
+    return group_id
+
+
+def _command(settings: Settings, fields: dict[str, Any]) -> AnyCommand:
+    """The command a producer would send, judged by the consumer's own parser."""
+    parsed = parse_command(orjson.dumps(fields), settings.command_max_bytes)
+    if isinstance(parsed, Invalid):
+        raise ApiError(422, InvalidCommand.error, parsed.details)
+    return parsed
+
+
+async def _execute(
+    request: Request, organization_id: str, idempotency_key: str | None, fields: dict[str, Any]
+) -> CommandResult | str:
+    """Publish the command and wait for its result; on timeout, its command_id."""
+    container = _container(request)
+    settings = container.settings
+    waiter: ResultWaiter = request.app.state.results
+    if idempotency_key is not None and not valid_command_id(idempotency_key):
+        raise ApiError(422, InvalidCommand.error, "Idempotency-Key must be 1-128 characters")
+    command_id = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
+    command = _command(
+        settings, {"command_id": command_id, "organization_id": organization_id, **fields}
+    )
+    headers = {"content-type": "application/json"}
+    if traceparent := request.headers.get("traceparent"):
+        headers["traceparent"] = traceparent
+    correlation_id = str(uuid.uuid4())
+    with waiter.expect(correlation_id) as result:
+        try:
+            async with asyncio.timeout(settings.http_command_timeout_s):
+                await container.broker.publish(
+                    orjson.dumps(command.model_dump(mode="json", exclude_unset=True)),
+                    settings.topic_commands,
+                    key=organization_id.encode(),
+                    headers=headers,
+                    correlation_id=correlation_id,
+                )
+                return await result
+        except TimeoutError:
+            return command.command_id
+        except KafkaError as error:
+            log.warning("publishing a command failed: %r", error)
+            raise ApiError(503, "Service unavailable", "Kafka is unreachable") from error
+
+
+def _respond(outcome: CommandResult | str, success_code: int | None = None) -> Response:
+    if isinstance(outcome, str):
+        return _json({"command_id": outcome}, 202)
+    if outcome.status == "rejected" or outcome.group is None:
+        body = {"code": outcome.code, "error": outcome.error, "details": outcome.details}
+        return _json(body, outcome.code)
+    if success_code == 204:
+        return Response(status_code=204, headers=_etag(outcome.group["version"]))
+    response = _group_response(outcome.group, outcome.code)
+    if outcome.code == 201:
+        response.headers["Location"] = f"{PREFIX}/{outcome.group['id']}"
+    return response
+
+
+router = APIRouter(prefix=PREFIX, tags=["customer groups"])
+
+
+@router.get("", response_model=GroupList, responses=ERRORS)
+async def list_groups(
+    request: Request,
+    *,
+    organization_id: Organization,
+    page: Annotated[int, Query(ge=1, le=10_000_000)] = 1,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    updated_at_min: Annotated[
+        int | None, Query(ge=0, le=_MAX_MS, description="Unix ms, inclusive")
+    ] = None,
+    updated_at_max: Annotated[
+        int | None, Query(ge=0, le=_MAX_MS, description="Unix ms, inclusive")
+    ] = None,
+    include_deleted: bool = False,
+) -> Response:
+    """Groups in (updated_at, id) order, by `page` or by `cursor`."""
+    after = None
+    if cursor is not None:
+        if page != 1:
+            raise ApiError(422, InvalidCommand.error, "Use either page or cursor, not both")
+        try:
+            after = queries.decode_cursor(cursor)
+        except ValueError as error:
+            raise ApiError(422, InvalidCommand.error, "Invalid cursor") from error
+    result = await queries.list_groups(
+        _container(request).pool,
+        organization_id,
+        limit=limit,
+        offset=(page - 1) * limit,
+        after=after,
+        updated_from=None if updated_at_min is None else _from_ms(updated_at_min),
+        # Inclusive of the whole millisecond: updated_at has microseconds.
+        updated_to=None
+        if updated_at_max is None
+        else _from_ms(updated_at_max) + timedelta(microseconds=999),
+        include_deleted=include_deleted,
+    )
+    return _json(
+        {
+            "customer_groups": [group_json(g) for g in result.groups],
+            "next_cursor": None if result.next is None else queries.encode_cursor(result.next),
+            "page": page,
+            "limit": limit,
+        }
+    )
+
+
+def _from_ms(millis: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=millis)
+
+
+@router.get("/{group_id}", response_model=GroupBody, responses=ERRORS)
+async def get_group(
+    request: Request,
+    *,
+    organization_id: Organization,
+    group_id: GroupId,
+    include_deleted: bool = False,
+) -> Response:
+    """One group; ETag is its version."""
+    group: Group | None = await queries.get_group(
+        _container(request).pool, organization_id, _group_id(group_id)
+    )
+    if group is None or (group.deleted_at is not None and not include_deleted):
+        raise ApiError.of(GroupNotFound(group_id))
+    return _group_response(group_json(group), 200)
+
+
+@router.post("", status_code=201, response_model=GroupBody, responses=WRITE_RESPONSES)
+async def create_group(
+    request: Request,
+    *,
+    organization_id: Organization,
+    body: CreateBody,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    fields = {"type": "group.create", **body.model_dump(exclude_unset=True)}
+    return _respond(await _execute(request, organization_id, idempotency_key, fields))
+
+
+@router.put("/{group_id}", response_model=GroupBody, responses=WRITE_RESPONSES)
+async def replace_group(
+    request: Request,
+    *,
+    organization_id: Organization,
+    group_id: GroupId,
+    body: ReplaceBody,
+    idempotency_key: IdempotencyKey = None,
+    if_match: IfMatch = None,
+) -> Response:
+    """Full replace: description and platform_id not sent are cleared."""
+    if body.name is None:
+        raise ApiError(422, InvalidCommand.error, "Name is required")
+    fields = _update(group_id, if_match) | body.model_dump()
+    return _respond(await _execute(request, organization_id, idempotency_key, fields))
+
+
+@router.patch("/{group_id}", response_model=GroupBody, responses=WRITE_RESPONSES)
+async def patch_group(
+    request: Request,
+    *,
+    organization_id: Organization,
+    group_id: GroupId,
+    body: PatchBody,
+    idempotency_key: IdempotencyKey = None,
+    if_match: IfMatch = None,
+) -> Response:
+    """Partial update: only the fields sent change."""
+    fields = _update(group_id, if_match) | body.model_dump(exclude_unset=True)
+    return _respond(await _execute(request, organization_id, idempotency_key, fields))
+
+
+def _update(group_id: str, if_match: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"type": "group.update", "group_id": _group_id(group_id)}
+    if (version := expected_version(if_match)) is not None:
+        fields["expected_version"] = version
+    return fields
+
+
+@router.delete("/{group_id}", status_code=204, response_class=Response, responses=WRITE_RESPONSES)
+async def delete_group(
+    request: Request,
+    *,
+    organization_id: Organization,
+    group_id: GroupId,
+    idempotency_key: IdempotencyKey = None,
+    if_match: IfMatch = None,
+) -> Response:
+    fields: dict[str, Any] = {"type": "group.delete", "group_id": _group_id(group_id)}
+    if (version := expected_version(if_match)) is not None:
+        fields["expected_version"] = version
+    outcome = await _execute(request, organization_id, idempotency_key, fields)
+    return _respond(outcome, success_code=204)
+
+
+def _describe(problem: Any) -> str:
+    if problem["type"] == "json_invalid":
+        return "Invalid JSON"
+    if tuple(problem["loc"]) == ("body",):
+        if problem["type"] == "missing":
+            return "A JSON body is required"
+        return "The body must be a JSON object"
+    where = ".".join(str(part) for part in problem["loc"][1:])
+    return f"{where}: {problem['msg']}"
+
+
+async def _api_error(_: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    headers = {"WWW-Authenticate": "Bearer"} if error.code == 401 else None
+    return _json(
+        {"code": error.code, "error": error.error, "details": error.details}, error.code, headers
+    )
+
+
+async def _invalid_request(_: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    details = "; ".join(_describe(p) for p in error.errors())
+    return _json({"code": 422, "error": InvalidCommand.error, "details": details}, 422)
+
+
+def install(app: FastAPI) -> None:
+    """Mount the API; the app's lifespan puts a started ResultWaiter on app.state.results."""
+    app.include_router(router)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -1,0 +1,103 @@
+"""The Kafka contract as FastStream's AsyncAPI document describes it.
+
+The command subscriber reads raw bytes (it validates them itself), so its generated schema
+says nothing useful; the documented publishers below carry the real payload schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI, Specification
+from pydantic import BaseModel, Field
+
+from service.config import Settings
+from service.domain.commands import Command
+
+
+class GroupSchema(BaseModel):
+    """A customer group as every message and the HTTP API show it."""
+
+    id: str = Field(examples=["grp_01JD3K5Q9Z8XAB3C4D5E6F7G8H"])
+    organization_id: str = Field(examples=["org_42"])
+    name: str = Field(examples=["VIP Customers"])
+    description: str | None = Field(examples=["High-value customers with premium benefits"])
+    platform_id: str | None = Field(examples=["12345678"])
+    version: int = Field(ge=1, description="Starts at 1 and grows by 1 with every change.")
+    created_at: str = Field(examples=["2026-11-22T10:30:00.123456Z"])
+    updated_at: str = Field(examples=["2026-11-22T10:30:00.123456Z"])
+    deleted_at: str | None = Field(examples=[None])
+
+
+class CommandResultSchema(BaseModel):
+    """The answer to one command; a replayed command_id gets the stored answer again."""
+
+    command_id: str
+    status: str = Field(description="accepted or rejected")
+    code: int = Field(description="201, 200, 404, 409 or 422")
+    error: str | None = Field(examples=["Group with same name already exists"])
+    details: Any = Field(examples=[{"name": "VIP Customers"}])
+    group: GroupSchema | None
+
+
+class GroupEventSchema(GroupSchema):
+    """CloudEvents 1.0 binary mode: the ce_* attributes are Kafka headers."""
+
+    previous: dict[str, Any] | None = Field(
+        default=None, description="group.updated only: the old value of each changed field."
+    )
+
+
+def document_topics(broker: KafkaBroker, settings: Settings) -> None:
+    """Declare what the service (and any producer) writes, for the AsyncAPI document only."""
+    broker.publisher(
+        settings.topic_commands,
+        title=f"{settings.topic_commands}:Command",
+        description=(
+            "What producers (the HTTP API included) send. Key: organization_id. Headers "
+            "honoured: reply_to, correlation_id, traceparent."
+        ),
+        schema=Command,
+    )
+    broker.publisher(
+        settings.topic_results,
+        title=f"{settings.topic_results}:Result",
+        description="One result per command (and per redelivery). Key: organization_id.",
+        schema=CommandResultSchema,
+    )
+    broker.publisher(
+        settings.topic_events,
+        title=f"{settings.topic_events}:Event",
+        description=(
+            "Change events, published from the outbox after commit, at least once. Key: "
+            "group id. Headers: ce_specversion, ce_id, ce_type (group.created, group.updated, "
+            "group.deleted), ce_source, ce_subject, ce_time, ce_organizationid, "
+            "ce_groupversion, ce_commandid, traceparent."
+        ),
+        schema=GroupEventSchema,
+    )
+    broker.publisher(
+        settings.topic_state,
+        title=f"{settings.topic_state}:State",
+        description="Compacted: the latest group per key (group id); a delete is a tombstone.",
+        schema=GroupSchema | None,
+    )
+    broker.publisher(
+        settings.topic_dlq,
+        title=f"{settings.topic_dlq}:DeadLetter",
+        description=(
+            "Commands that could not be read: the original key and bytes, with the headers "
+            "dlq_reason, dlq_error, dlq_source_topic, dlq_source_partition, "
+            "dlq_source_offset and dlq_source_timestamp."
+        ),
+        schema=bytes,
+    )
+
+
+def specification(broker: KafkaBroker, version: str) -> Specification:
+    return AsyncAPI(
+        broker,
+        title="customer-groups",
+        version=version,
+        description="Customer groups per organization: commands in, results and events out.",
+    ).to_specification()

@@ -1,0 +1,563 @@
+"""The operations subcommands of `customer-groups`: parse arguments, call service.ops, print.
+
+Every tool prints a human summary, or one JSON object with --json (tail: JSON lines).
+Exit codes: 0 done, 1 refused or failed (the message says why); send: 2 on no result."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import orjson
+
+from service.config import Settings
+from service.ops import dlq, replay, republish, send, state, tail
+from service.ops.common import (
+    OpsError,
+    Progress,
+    Record,
+    iso,
+    parse_partition_offset,
+    parse_time,
+)
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Run = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+TIME_HELP = "a duration ago (30m, 2h, 7d) or an ISO 8601 time (2026-11-20T10:00Z; UTC if no zone)"
+
+
+def _time(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _partition_offset(text: str) -> tuple[int, int]:
+    try:
+        return parse_partition_offset(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _event_type(text: str) -> str:
+    try:
+        return republish.event_type(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _handler(run: Run) -> Callable[[argparse.Namespace, Settings], int]:
+    def handle(args: argparse.Namespace, settings: Settings) -> int:
+        try:
+            return asyncio.run(run(args, settings))
+        except OpsError as error:
+            if args.json:
+                _emit({"error": str(error)})
+            else:
+                print(f"error: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+
+    return handle
+
+
+def _emit(data: dict[str, Any]) -> None:
+    print(orjson.dumps(data).decode(), flush=True)
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    return Progress(enabled=not args.json and sys.stderr.isatty())
+
+
+def _common(parser: argparse.ArgumentParser, *, writes: bool = True) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object, no progress")
+    if writes:
+        parser.add_argument(
+            "--dry-run", action="store_true", help="show what would be done; write nothing"
+        )
+
+
+def register(subparsers: Subparsers) -> None:
+    _register_replay(subparsers)
+    _register_republish(subparsers)
+    _register_rebuild_state(subparsers)
+    _register_dlq(subparsers)
+    _register_send(subparsers)
+    _register_tail(subparsers)
+
+
+# --- replay ---------------------------------------------------------------------------
+
+
+def _register_replay(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="re-consume the command topic from a time or an offset",
+        description=(
+            "Re-consume the command topic. A command applied before is not applied again "
+            "(its stored result is re-sent; no change, no event). --mode oneoff (default) "
+            "applies the range with its own consumer, alongside a running service, and counts "
+            "outcomes. --mode reset moves the service's consumer-group offsets back instead; "
+            "Kafka allows that only while the group has no members (stop the service first)."
+        ),
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--since", type=_time, help=f"from this time: {TIME_HELP}")
+    where.add_argument(
+        "--from-offset",
+        type=_partition_offset,
+        action="append",
+        metavar="P:O",
+        help="from offset O of partition P (repeatable; other partitions are left out)",
+    )
+    where.add_argument(
+        "--from-beginning", action="store_true", help="from the oldest command Kafka still has"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("oneoff", "reset"),
+        default="oneoff",
+        help="oneoff: apply here, alongside the service (default); reset: move the "
+        "service's offsets back",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="reset: wait up to this long for the group to become empty",
+    )
+    parser.add_argument(
+        "--beyond-retention",
+        action="store_true",
+        help="allow commands older than the processed-command retention (may apply them again)",
+    )
+    _common(parser)
+    parser.set_defaults(handler=_handler(_replay))
+
+
+async def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    start = replay.Start(since=args.since, offsets=dict(args.from_offset or []))
+    if args.mode == "reset":
+        reset = await replay.reset_offsets(
+            settings,
+            start,
+            dry_run=args.dry_run,
+            wait_s=args.wait,
+            beyond_retention=args.beyond_retention,
+        )
+        _print_reset(args, reset)
+        return 0
+    outcome = await replay.replay_oneoff(
+        settings,
+        start,
+        dry_run=args.dry_run,
+        beyond_retention=args.beyond_retention,
+        progress=_progress(args),
+    )
+    if args.json:
+        _emit(outcome.to_json())
+        return 0
+    ranges = ", ".join(f"{p['partition']}:{p['start']}-{p['end']}" for p in outcome.span.to_json())
+    t = outcome.tally
+    print(f"one-off replay of {outcome.topic} (partition:from-to {ranges or 'none'})")
+    if outcome.dry_run:
+        print(
+            f"dry run, {t.records} records: {t.already_done} already done, {t.pending} not "
+            f"applied yet, {t.invalid} malformed; nothing was applied or sent"
+        )
+    else:
+        print(
+            f"{t.records} records: {t.reapplied} re-applied, {t.already_done} already done, "
+            f"{t.rejected} rejected, {t.invalid} malformed (skipped: already in the DLQ), "
+            f"{t.failed} failed (dead-lettered)"
+        )
+    return 0
+
+
+def _print_reset(args: argparse.Namespace, outcome: replay.ResetOutcome) -> None:
+    if args.json:
+        _emit(outcome.to_json())
+        return
+    print(f"consumer group {outcome.group} on {outcome.topic}:")
+    for p in outcome.partitions:
+        if p.replayed:
+            print(f"  partition {p.partition}: {p.committed} -> {p.target} ({p.replayed} again)")
+        else:
+            committed = "nothing committed" if p.committed is None else p.committed
+            print(f"  partition {p.partition}: {committed}, unchanged")
+    verb = "would re-consume" if outcome.dry_run else "will re-consume"
+    print(f"the service {verb} {outcome.replayed} commands")
+    if outcome.dry_run:
+        print("dry run: no offsets were moved")
+        if outcome.members:
+            print(
+                f"note: the group has {len(outcome.members)} active member(s) "
+                f"({', '.join(outcome.members)}); a reset is refused until it is empty"
+            )
+
+
+# --- republish ------------------------------------------------------------------------
+
+
+def _register_republish(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "republish",
+        help="re-publish stored events from the outbox, with their original ce_id",
+        description=(
+            "Publish stored outbox events again, unchanged (same key, headers and ce_id), "
+            "in their original order. Filters combine with AND; repeat one to match any "
+            "of its values. Published events are kept for OUTBOX_RETENTION_DAYS; a --since "
+            "older than that is refused."
+        ),
+    )
+    parser.add_argument(
+        "--organization", action="append", default=[], metavar="ORG", help="(repeatable)"
+    )
+    parser.add_argument(
+        "--group", action="append", default=[], metavar="GROUP_ID", help="(repeatable)"
+    )
+    parser.add_argument(
+        "--type",
+        type=_event_type,
+        action="append",
+        default=[],
+        help="created, updated or deleted, or group.created, ... (repeatable)",
+    )
+    parser.add_argument(
+        "--since", type=_time, help=f"events that occurred at or after: {TIME_HELP}"
+    )
+    parser.add_argument("--until", type=_time, help="events that occurred before this time")
+    parser.add_argument("--to-topic", help="publish here instead of the events topic")
+    _common(parser)
+    parser.set_defaults(handler=_handler(_republish))
+
+
+async def _republish(args: argparse.Namespace, settings: Settings) -> int:
+    selection = republish.EventFilter(
+        args.organization, args.group, args.type, args.since, args.until
+    )
+    outcome = await republish.republish(
+        settings,
+        selection,
+        to_topic=args.to_topic,
+        dry_run=args.dry_run,
+        progress=_progress(args),
+    )
+    if args.json:
+        _emit(outcome.to_json())
+        return 0
+    types = ", ".join(f"{name}: {count}" for name, count in outcome.by_type.items())
+    span = f", occurred {_at(outcome.first)} to {_at(outcome.last)}" if outcome.matched else ""
+    if outcome.dry_run:
+        print(f"dry run: {outcome.matched} events would go to {outcome.topic} ({types}){span}")
+    else:
+        print(f"re-published {outcome.published} events to {outcome.topic} ({types}){span}")
+    return 0
+
+
+def _at(moment: datetime | None) -> str:
+    return iso(moment) or "-"
+
+
+# --- rebuild-state --------------------------------------------------------------------
+
+
+def _register_rebuild_state(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "rebuild-state",
+        help="publish every live group (and recent tombstones) to the compacted state topic",
+        description=(
+            "Publish the current JSON of every live group to the state topic, keyed by group "
+            "id, and a tombstone for each group deleted within OUTBOX_RETENTION_DAYS (all "
+            "deleted groups with --all-tombstones). Groups changing meanwhile are published "
+            "again at the end, so the topic ends current even while the service runs."
+        ),
+    )
+    parser.add_argument(
+        "--organization",
+        action="append",
+        default=[],
+        metavar="ORG",
+        help="only this organization's groups (repeatable)",
+    )
+    parser.add_argument("--to-topic", help="publish here instead of the state topic")
+    parser.add_argument(
+        "--all-tombstones",
+        action="store_true",
+        help="a tombstone for every deleted group, however long ago",
+    )
+    _common(parser)
+    parser.set_defaults(handler=_handler(_rebuild_state))
+
+
+async def _rebuild_state(args: argparse.Namespace, settings: Settings) -> int:
+    outcome = await state.rebuild_state(
+        settings,
+        organizations=args.organization,
+        to_topic=args.to_topic,
+        all_tombstones=args.all_tombstones,
+        dry_run=args.dry_run,
+        progress=_progress(args),
+    )
+    if args.json:
+        _emit(outcome.to_json())
+    elif outcome.dry_run:
+        print(
+            f"dry run: {outcome.live} live groups and {outcome.tombstones} tombstones "
+            f"would go to {outcome.topic}"
+        )
+    else:
+        print(
+            f"published {outcome.live} live groups and {outcome.tombstones} tombstones to "
+            f"{outcome.topic}; {outcome.caught_up} published again after changing meanwhile"
+        )
+    return 0
+
+
+# --- dlq ------------------------------------------------------------------------------
+
+
+def _register_dlq(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "dlq",
+        help="inspect the dead-letter topic, or send messages back to the command topic",
+        description="Inspect the dead-letter topic (list) or redrive messages from it.",
+    )
+    actions = parser.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list",
+        help="count dead letters by reason and show the latest",
+        description="Count the dead letters matching the filters, by reason, with a sample.",
+    )
+    _dlq_filters(listing)
+    _common(listing, writes=False)
+    listing.set_defaults(handler=_handler(_dlq_list))
+    again = actions.add_parser(
+        "redrive",
+        help="send matching dead letters back to the command topic (e.g. after a fix)",
+        description=(
+            "Send matching dead letters back to the command topic with their original key, "
+            "value and headers (minus dlq_*). Messages that are still malformed are skipped. "
+            "Safe to repeat: the service applies a command_id once."
+        ),
+    )
+    _dlq_filters(again)
+    again.add_argument("--limit", type=_positive, help="send at most this many")
+    _common(again)
+    again.set_defaults(handler=_handler(_dlq_redrive))
+
+
+def _dlq_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        help="only this dlq_reason (repeatable): not_json, not_object, empty, too_large, "
+        "invalid_schema, processing_failed",
+    )
+    parser.add_argument("--since", type=_time, help=f"dead-lettered at or after: {TIME_HELP}")
+    parser.add_argument("--until", type=_time, help="dead-lettered before this time")
+    parser.add_argument("--sample", type=int, default=5, help="how many to show (default 5)")
+
+
+def _dlq_selection(args: argparse.Namespace) -> dlq.DeadLetterFilter:
+    return dlq.DeadLetterFilter(args.reason, args.since, args.until)
+
+
+async def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    report = await dlq.list_dead_letters(
+        settings, _dlq_selection(args), sample=args.sample, progress=_progress(args)
+    )
+    if args.json:
+        _emit({k: v for k, v in report.to_json().items() if k not in ("sent", "dry_run")})
+        return 0
+    print(f"{report.matched} dead letters in {report.topic}")
+    for reason, count in report.reasons.most_common():
+        print(f"  {reason}: {count}")
+    _print_sample(report)
+    return 0
+
+
+async def _dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
+    report = await dlq.redrive(
+        settings,
+        _dlq_selection(args),
+        dry_run=args.dry_run,
+        limit=args.limit,
+        sample=args.sample,
+        progress=_progress(args),
+    )
+    if args.json:
+        _emit(report.to_json())
+        return 0
+    reasons = ", ".join(f"{r}: {n}" for r, n in report.reasons.most_common())
+    reasons = f" ({reasons})" if reasons else ""
+    if report.dry_run:
+        print(f"dry run: {report.matched} dead letters would be sent back{reasons}")
+    else:
+        print(f"sent {report.sent} dead letters back to {settings.topic_commands}{reasons}")
+    if report.still_malformed:
+        skipped = ", ".join(f"{r}: {n}" for r, n in report.still_malformed.items())
+        print(f"skipped {report.still_malformed.total()} still malformed ({skipped})")
+    _print_sample(report)
+    return 0
+
+
+def _print_sample(report: dlq.DeadLetterReport) -> None:
+    if not report.sample:
+        return
+    print("latest:")
+    for item in report.sample:
+        print(
+            f"  {item['partition']}:{item['offset']} {item['time']} {item['reason']}: "
+            f"{item['error']} (from {item['source']}) key={item['key']} value={item['value']}"
+        )
+
+
+# --- send -----------------------------------------------------------------------------
+
+
+def _register_send(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "send",
+        help="send one command and print its result",
+        description=(
+            "Build a command from flags and/or a JSON file (flags win), send it to the command "
+            "topic with a correlation_id header, and wait for its result. Exit code: 0 "
+            "accepted, 1 rejected, 2 no result within --timeout."
+        ),
+    )
+    parser.add_argument("--file", help="a JSON command (- for stdin)")
+    parser.add_argument("--type", choices=sorted(send.COMMAND_TYPES), help="group.<type>")
+    parser.add_argument("--organization", help="organization_id")
+    parser.add_argument("--group", help="group_id")
+    parser.add_argument("--name")
+    parser.add_argument("--description")
+    parser.add_argument("--platform-id")
+    parser.add_argument("--expected-version", type=int)
+    parser.add_argument("--command-id", help="default: a new UUID")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the result (default 10)",
+    )
+    _common(parser)
+    parser.set_defaults(handler=_handler(_send))
+
+
+def _send(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, Any, int]:
+    return _send_and_print(args, settings, _command(args))
+
+
+def _command(args: argparse.Namespace) -> dict[str, Any]:
+    base = None
+    if args.file:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        try:
+            base = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise OpsError(f"{args.file} is not JSON: {error}") from None
+        if not isinstance(base, dict):
+            raise OpsError(f"{args.file} must hold one JSON object")
+    return send.build_command(
+        base,
+        type=args.type,
+        organization_id=args.organization,
+        group_id=args.group,
+        name=args.name,
+        description=args.description,
+        platform_id=args.platform_id,
+        expected_version=args.expected_version,
+        command_id=args.command_id,
+    )
+
+
+async def _send_and_print(
+    args: argparse.Namespace, settings: Settings, command: dict[str, Any]
+) -> int:
+    outcome = await send.send_command(settings, command, wait_s=args.timeout, dry_run=args.dry_run)
+    if args.json:
+        _emit(outcome.to_json())
+    elif outcome.dry_run:
+        print("dry run, not sent:")
+        print(json.dumps(command, indent=2))
+    elif outcome.result is None:
+        print(
+            f"no result for command {command['command_id']} within {args.timeout:g}s; "
+            "is the service running? (see `customer-groups tail results`)",
+            file=sys.stderr,
+        )
+    else:
+        result = outcome.result
+        summary = f"{result.get('status')} {result.get('code')}"
+        if result.get("error"):
+            summary += f": {result['error']}"
+        print(f"{summary} (command {command['command_id']})")
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return outcome.exit_code
+
+
+# --- tail -----------------------------------------------------------------------------
+
+
+def _register_tail(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tail",
+        help="follow events, results, the DLQ or the state topic",
+        description=(
+            "Print new messages of a topic as they arrive (all of them with --from-beginning) "
+            "until Ctrl-C, --limit or --timeout. Reads outside any consumer group."
+        ),
+    )
+    parser.add_argument("topic", choices=tail.KINDS, help="which topic to follow")
+    parser.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest message, not the end"
+    )
+    parser.add_argument("--limit", type=_positive, help="stop after this many messages")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long without a new message",
+    )
+    parser.add_argument("--organization", help="only this organization's messages")
+    parser.add_argument("--json", action="store_true", help="JSON lines, one per message")
+    parser.set_defaults(handler=_handler(_tail))
+
+
+async def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    def emit(record: Record) -> None:
+        if args.json:
+            _emit(tail.as_json(record))
+        else:
+            print(tail.render(args.topic, record), flush=True)
+
+    await tail.tail(
+        settings,
+        args.topic,
+        emit,
+        from_beginning=args.from_beginning,
+        limit=args.limit,
+        idle_timeout=args.timeout,
+        organization=args.organization,
+    )
+    return 0

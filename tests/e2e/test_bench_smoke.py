@@ -1,0 +1,39 @@
+"""The benchmark at toy sizes, so it keeps working; its figures are not judged here."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.bench.options import BenchOptions
+from service.bench.runner import run_bench
+from service.config import Settings
+
+
+@pytest.mark.timeout(120)
+async def test_bench_smoke_measures_every_figure(endpoints: tuple[str, str]) -> None:
+    database_url, kafka = endpoints
+    settings = Settings.model_validate(
+        {"database_url": database_url, "kafka_bootstrap_servers": kafka}
+    )
+    options = BenchOptions.smoke()
+
+    report = await run_bench(options, settings)
+
+    assert report.problems == []
+    f = report.figures
+    assert f["throughput"]["results"] == options.commands
+    assert f["throughput"]["events"] == f["throughput"]["events_expected"] > 0
+    assert f["commands_per_s"] > 0
+    assert 0 < f["latency_ms"]["p50"] <= f["latency_ms"]["p95"] <= f["latency_ms"]["p99"]
+    assert f["latency_rate"] == options.rate
+    assert f["relay_events_per_s"] > 0
+    assert f["rss_mb"] > 0
+    assert f["rss_mb_relay"] > 0
+    for name in (
+        "db_tx_per_s_c1",
+        "db_tx_per_s_pool",
+        "db_batch_rows_per_s",
+        "kafka_roundtrip_msgs_per_s",
+    ):
+        assert f["baselines"][name] > 0, name
+    assert f["ratios"]["commands_per_s/db_batch_rows_per_s"] > 0

@@ -1,0 +1,180 @@
+"""The operations tools through `customer-groups ...`: arguments, JSON output, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from service.bootstrap import Container
+from service.config import Settings
+from service.entrypoints.cli import main
+from tests.support import KafkaProbe, command, headers_of
+
+Cli = Callable[..., Awaitable[tuple[int, str]]]
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The variables that make `Settings()` in the CLI equal to this test's settings."""
+    return {
+        name.upper(): _text(value)
+        for name, value in settings.model_dump().items()
+        if value is not None
+    }
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+@pytest.fixture
+def cli(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Cli:
+    for name, value in environment(settings).items():
+        monkeypatch.setenv(name, value)
+
+    async def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        # main() runs its own event loop, so it needs a thread of its own.
+        code = await asyncio.to_thread(main, list(argv))
+        return code, capsys.readouterr().out
+
+    return run
+
+
+def one(output: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(output)
+    return data
+
+
+async def test_send_and_tail(
+    service: Container, kafka: KafkaProbe, cli: Cli, tmp_path: Path
+) -> None:
+    code, out = await cli(
+        "send", "--type", "create", "--organization", "org_a", "--name", "VIP", "--json"
+    )
+    sent = one(out)
+    assert (code, sent["status"], sent["result"]["code"]) == (0, "done", 201)
+    group = sent["result"]["group"]
+    assert sent["command"]["command_id"] == sent["result"]["command_id"]
+
+    code, out = await cli(
+        "send", "--type", "create", "--organization", "org_a", "--name", "vip", "--json"
+    )
+    assert (code, one(out)["result"]["code"]) == (1, 409)
+
+    update = tmp_path / "update.json"
+    update.write_text(json.dumps({"type": "group.update", "group_id": group["id"], "name": "x"}))
+    code, out = await cli(
+        "send", "--file", str(update), "--organization", "org_a", "--name", "Gold"
+    )
+    assert code == 0
+    assert "accepted 200" in out
+    assert '"name": "Gold"' in out
+
+    code, out = await cli(
+        "send", "--type", "delete", "--organization", "org_a", "--group", group["id"], "--dry-run"
+    )
+    assert (code, out.splitlines()[0]) == (0, "dry run, not sent:")
+
+    code, out = await cli("tail", "events", "--from-beginning", "--limit", "2", "--json")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0
+    assert [line["headers"]["ce_type"] for line in lines] == ["group.created", "group.updated"]
+    assert lines[1]["value"]["name"] == "Gold"
+
+    code, out = await cli("tail", "results", "--from-beginning", "--timeout", "0.5")
+    assert code == 0
+    assert [line.split()[2:4] for line in out.splitlines()] == [
+        ["accepted", "201"],
+        ["rejected", "409"],
+        ["accepted", "200"],
+    ]
+    await asyncio.sleep(0.3)
+    assert len(kafka.results()) == 3
+
+
+async def test_send_without_a_service_times_out(cli: Cli) -> None:
+    code, out = await cli(
+        "send",
+        "--type",
+        "create",
+        "--organization",
+        "org_a",
+        "--name",
+        "X",
+        "--timeout",
+        "0.5",
+        "--json",
+    )
+    assert (code, one(out)["status"], one(out)["result"]) == (2, "timeout", None)
+
+
+async def test_the_ops_tools_print_json_and_dry_runs_write_nothing(
+    service: Container, kafka: KafkaProbe, cli: Cli, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    a = await kafka.ask(command(name="A"))
+    await kafka.ask(command(organization_id="org_b", name="B"))
+    await kafka.ask(command("group.delete", group_id=a["group"]["id"]))
+    await kafka.send(b"{", key=b"org_a")
+    await kafka.wait_events(3)
+    await kafka.wait_for(settings.topic_dlq, lambda r: len(r) == 1)
+    rows = await pool.fetch("SELECT * FROM customer_groups ORDER BY id")
+    seen = {topic: len(records) for topic, records in kafka.records.items()}
+
+    dry_runs = {
+        ("republish", "--organization", "org_a"): {"matched": 2, "published": 0},
+        ("rebuild-state",): {"live": 1, "tombstones": 1, "published": 0},
+        ("dlq", "redrive"): {"matched": 0, "sent": 0, "skipped_still_malformed": {"not_json": 1}},
+        ("replay", "--from-beginning"): {"records": 4, "already_done": 3, "invalid": 1},
+        ("replay", "--from-beginning", "--mode", "reset"): {"replayed": 4},
+    }
+    for argv, expected in dry_runs.items():
+        code, out = await cli(*argv, "--dry-run", "--json")
+        data = one(out)
+        assert code == 0, argv
+        assert data["dry_run"] is True, argv
+        assert {k: data[k] for k in expected} == expected, argv
+    await asyncio.sleep(0.5)
+    assert {topic: len(records) for topic, records in kafka.records.items()} == seen
+    assert await pool.fetch("SELECT * FROM customer_groups ORDER BY id") == rows
+
+    code, out = await cli("dlq", "list", "--json")
+    listed = one(out)
+    assert (code, listed["matched"], listed["reasons"]) == (0, 1, {"not_json": 1})
+    assert listed["sample"][0]["value"] == "{"
+
+    code, out = await cli("replay", "--from-beginning", "--json")
+    replayed = one(out)
+    assert (code, replayed["reapplied"], replayed["already_done"]) == (0, 0, 3)
+
+    code, out = await cli("replay", "--from-beginning", "--mode", "reset", "--json")
+    assert code == 1
+    assert "active member" in one(out)["error"]
+
+    code, out = await cli("republish", "--organization", "org_b", "--json")
+    assert (code, one(out)["published"]) == (0, 1)
+    events = await kafka.wait_for(
+        settings.topic_events, lambda r: len(r) == seen[settings.topic_events] + 1
+    )
+    copy = events[-1]
+    [original] = [r for r in kafka.events()[:-1] if headers_of(r)["ce_organizationid"] == "org_b"]
+    assert headers_of(copy)["ce_id"] == headers_of(original)["ce_id"]
+
+    code, out = await cli("republish", "--since", "30d")
+    assert code == 1
+    assert out == ""
+
+    with pytest.raises(SystemExit):
+        await cli("replay", "--since", "yesterday")

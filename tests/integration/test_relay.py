@@ -1,0 +1,262 @@
+"""The outbox relay against real PostgreSQL and Kafka: no skipped rows, one group's events in
+order across relay instances, the same ce_id on re-publish, reconnects, metrics, pruning."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+from pydantic import SecretStr
+
+from service.adapters import outbox_store
+from service.adapters.kafka import EventPublisher, create_broker
+from service.config import Settings
+from service.domain.model import Group, group_json
+from service.observability import Metrics
+from service.relay import Pruner
+from tests.e2e.http_support import TcpProxy
+from tests.relay_support import (
+    apply,
+    assert_each_group_in_order,
+    ce_id,
+    create,
+    first_copies,
+    group_id,
+    outbox_event_ids,
+    rename,
+    running_relay,
+    wait_published,
+    wait_until,
+)
+from tests.support import KafkaProbe
+
+# What a writer's transaction inserts; RETURNING shows the id it was handed before commit.
+INSERT_OUTBOX_ROW = """
+INSERT INTO outbox (event_type, organization_id, group_id, group_version, command_id,
+                    payload, occurred_at)
+VALUES ('group.created', $1, $2, 1, $3, $4::json, $5)
+RETURNING id, event_id::text
+"""
+
+
+def sample_group(organization_id: str) -> Group:
+    now = datetime.now(UTC)
+    return Group(f"grp_{uuid.uuid4().hex}", organization_id, "Slow", None, None, 1, now, now)
+
+
+def published_count(relay_metrics: Metrics) -> float:
+    value = relay_metrics.registry.get_sample_value("customer_groups_events_published_total")
+    return value or 0.0
+
+
+async def test_a_row_committed_after_later_rows_is_still_published(
+    settings: Settings, pool: asyncpg.Pool, kafka: KafkaProbe
+) -> None:
+    async with running_relay(settings), pool.acquire() as slow:
+        transaction = slow.transaction()
+        await transaction.start()
+        group = sample_group("org_slow")
+        slow_id, slow_event_id = await slow.fetchrow(
+            INSERT_OUTBOX_ROW,
+            group.organization_id,
+            group.id,
+            str(uuid.uuid4()),
+            orjson.dumps(group_json(group)).decode(),
+            group.created_at,
+        )
+
+        await apply(pool, *(create("org_fast") for _ in range(5)))
+        later = await pool.fetch("SELECT id, event_id::text FROM outbox ORDER BY id")
+        assert len(later) == 5
+        assert all(row["id"] > slow_id for row in later)
+        later_ids = {row["event_id"] for row in later}
+        await kafka.wait_for(
+            settings.topic_events, lambda records: later_ids <= {ce_id(r) for r in records}
+        )
+        await wait_published(pool)
+        last_seen = max(row["id"] for row in later)
+
+        await transaction.commit()
+        # The trap this test is about: the late row sits below what was already published,
+        # so a reader of `id > last_seen` would never see it.
+        naive = await pool.fetch("SELECT id FROM outbox WHERE id > $1", last_seen)
+        assert slow_id not in {row["id"] for row in naive}
+
+        records = await kafka.wait_for(
+            settings.topic_events, lambda records: slow_event_id in {ce_id(r) for r in records}
+        )
+        await wait_published(pool)
+    assert {ce_id(r) for r in first_copies(records)} == later_ids | {slow_event_id}
+
+
+async def test_two_relays_keep_each_groups_events_in_order(
+    settings: Settings, pool: asyncpg.Pool, kafka: KafkaProbe
+) -> None:
+    relay_settings = settings.model_copy(update={"relay_batch_size": 7, "relay_lock_retry_s": 0.05})
+    organizations = ("org_a", "org_b")
+    created = await apply(pool, *(create(org) for org in organizations for _ in range(2)))
+    groups = {
+        org: [group_id(r) for r in created if r.organization_id == org] for org in organizations
+    }
+    rounds = 40
+
+    async def write(organization_id: str) -> None:
+        for _ in range(rounds):
+            await apply(pool, *(rename(organization_id, g) for g in groups[organization_id]))
+
+    async with running_relay(relay_settings) as one, running_relay(relay_settings) as two:
+        both_led = False
+
+        async def watch() -> None:
+            nonlocal both_led
+            while True:
+                both_led = both_led or (one.relay.leading and two.relay.leading)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        await wait_until(lambda: one.relay.leading or two.relay.leading)
+        leader, standby = (one, two) if one.relay.leading else (two, one)
+        writers = [asyncio.create_task(write(org)) for org in organizations]
+        await kafka.wait_events(60)
+        leader.task.cancel()  # the active relay dies mid-stream; its connection drops the lock
+        await wait_until(lambda: standby.relay.leading)
+        await asyncio.gather(*writers)
+        await wait_published(pool)
+        expected = await outbox_event_ids(pool)
+        await kafka.wait_for(
+            settings.topic_events, lambda records: expected <= {ce_id(r) for r in records}
+        )
+        watcher.cancel()
+
+    assert not both_led
+    assert published_count(leader.metrics) > 0
+    assert published_count(standby.metrics) > 0
+    versions = assert_each_group_in_order(kafka.events())
+    assert {ce_id(r) for r in kafka.events()} == expected
+    assert sorted(versions) == sorted(g for ids in groups.values() for g in ids)
+    assert all(len(v) == rounds + 1 for v in versions.values())
+
+
+async def test_an_event_sent_but_not_marked_is_sent_again_with_the_same_ce_id(
+    settings: Settings, pool: asyncpg.Pool, kafka: KafkaProbe
+) -> None:
+    created = await apply(pool, create("org_a"), create("org_a"))
+    await apply(pool, *(rename("org_a", group_id(r)) for r in created))
+    async with pool.acquire() as conn:
+        rows = await outbox_store.unpublished(conn, 100)
+    assert len(rows) == 4
+    # A relay killed after Kafka's acknowledgement, before it could mark the rows published.
+    broker = create_broker(settings)
+    await broker.start()
+    try:
+        await EventPublisher(broker, settings).publish(rows)
+    finally:
+        await broker.stop()
+
+    async with running_relay(settings):
+        await wait_published(pool)
+        records = await kafka.wait_events(2 * len(rows))
+
+    assert len(records) == 2 * len(rows)
+    unique = first_copies(records)  # asserts each copy is the same event
+    assert {ce_id(r) for r in unique} == {row.event_id for row in rows}
+    assert_each_group_in_order(records)
+
+
+async def test_backlog_metrics_count_unpublished_rows_and_their_age(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    await apply(pool, create("org_a"), create("org_a"), create("org_b"))
+    await asyncio.sleep(0.3)
+    rows, age = await outbox_store.backlog(pool)
+    assert rows == 3
+    assert age >= 0.3
+
+    metrics = Metrics()
+    pruner = Pruner(pool, settings.model_copy(update={"prune_interval_s": 0.05}), metrics)
+    pruning = asyncio.create_task(pruner.run())
+    try:
+
+        def gauge(name: str) -> float | None:
+            return metrics.registry.get_sample_value(name)
+
+        await wait_until(lambda: gauge("customer_groups_outbox_backlog") == 3)
+        assert (gauge("customer_groups_outbox_oldest_age_seconds") or 0) >= 0.3
+
+        async with running_relay(settings):
+            await wait_published(pool)
+        await wait_until(lambda: gauge("customer_groups_outbox_backlog") == 0)
+        assert gauge("customer_groups_outbox_oldest_age_seconds") == 0
+    finally:
+        pruning.cancel()
+        await asyncio.gather(pruning, return_exceptions=True)
+
+
+async def test_relay_reconnects_after_losing_postgres(
+    settings: Settings, pool: asyncpg.Pool, kafka: KafkaProbe
+) -> None:
+    url = urlsplit(settings.database_url.get_secret_value())
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    via_proxy = urlunsplit(
+        url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}")
+    )
+    relay_settings = settings.model_copy(update={"database_url": SecretStr(via_proxy)})
+    try:
+        async with running_relay(relay_settings) as running:
+            await apply(pool, create("org_a"))
+            await wait_published(pool)
+
+            await proxy.cut()  # as a Postgres restart: connections drop, new ones are refused
+            await apply(pool, create("org_a"), create("org_b"))
+            await wait_until(lambda: "relay" in running.health.problems)
+            await asyncio.sleep(0.5)
+            assert (
+                await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 2
+            )
+
+            await proxy.start()
+            await wait_published(pool)
+            records = await kafka.wait_events(3)
+            await wait_until(lambda: "relay" not in running.health.problems)
+    finally:
+        await proxy.cut()
+    assert {ce_id(r) for r in first_copies(records)} == await outbox_event_ids(pool)
+
+
+async def test_pruner_deletes_only_rows_published_longer_ago_than_retention(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    created = await apply(pool, *(create("org_a") for _ in range(6)))
+    ids = [r["id"] for r in await pool.fetch("SELECT id FROM outbox ORDER BY id")]
+    old, published_lately, never_published, recent = ids[:3], ids[3], ids[4], ids[5]
+    days = "now() - make_interval(days => $2)"
+    await pool.execute(
+        f"UPDATE outbox SET occurred_at = {days}, published_at = {days} WHERE id = ANY($1)",
+        old,
+        8,
+    )
+    await pool.execute(
+        f"UPDATE outbox SET occurred_at = {days}, published_at = now() - interval '1 day'"
+        " WHERE id = $1",
+        published_lately,
+        10,
+    )
+    await pool.execute(f"UPDATE outbox SET occurred_at = {days} WHERE id = $1", never_published, 8)
+    await pool.execute("UPDATE outbox SET published_at = now() WHERE id = $1", recent)
+    await pool.execute(
+        "UPDATE processed_commands SET processed_at = now() - interval '8 days'"
+        " WHERE command_id = $1",
+        created[0].command_id,
+    )
+
+    pruner = Pruner(pool, settings.model_copy(update={"prune_batch_size": 2}), Metrics())
+    assert await pruner.prune_once() == (3, 1)
+
+    left = {r["id"] for r in await pool.fetch("SELECT id FROM outbox")}
+    assert left == {published_lately, never_published, recent}
+    assert await pool.fetchval("SELECT count(*) FROM processed_commands") == 5

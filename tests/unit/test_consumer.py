@@ -1,0 +1,162 @@
+"""The consumer's delivery rules, with the store and the publisher faked."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+
+from service.adapters.kafka import DeadLetter, Reply
+from service.domain.ports import AnyCommand
+from service.entrypoints.consumer import CommandConsumer
+from service.observability import Metrics, is_transient
+from tests.unit.fakes import FakeBatch, FakeCommandStore
+
+MAX = 1024 * 1024
+
+
+def record(offset: int, value: bytes | None, headers: Sequence[tuple[str, Any]] = ()) -> Any:
+    return ConsumerRecord(
+        "commands", 0, offset, 0, 0, b"org_a", value, None, 5, len(value or b""), list(headers)
+    )
+
+
+def create(command_id: str, name: str) -> bytes:
+    body = {"command_id": command_id, "type": "group.create", "organization_id": "org_a"}
+    return json.dumps({**body, "name": name}).encode()
+
+
+class FakePublisher:
+    def __init__(self, failures: list[Exception] | None = None) -> None:
+        self.replies: list[Reply] = []
+        self.dead: list[DeadLetter] = []
+        self._failures = failures or []
+
+    async def send(self, replies: Sequence[Reply], dead: Sequence[DeadLetter] = ()) -> None:
+        if self._failures:
+            raise self._failures.pop(0)
+        self.replies.extend(replies)
+        self.dead.extend(dead)
+
+    def codes(self) -> dict[str, int]:
+        return {r.result.command_id: r.result.code for r in self.replies}
+
+
+class FailingStore(FakeCommandStore):
+    """Raises `error` for any batch that holds `poison`, or for the next `times` batches."""
+
+    def __init__(self, error: Exception, poison: str | None = None, times: int = 0) -> None:
+        super().__init__()
+        self._error = error
+        self._poison = poison
+        self._times = times
+        self.attempts = 0
+
+    @asynccontextmanager
+    async def batch(self, commands: Sequence[AnyCommand]) -> AsyncIterator[FakeBatch]:
+        self.attempts += 1
+        if self._times > 0 or any(c.command_id == self._poison for c in commands):
+            self._times -= 1
+            raise self._error
+        async with super().batch(commands) as staged:
+            yield staged
+
+
+def consumer(store: FakeCommandStore, publisher: FakePublisher) -> CommandConsumer:
+    return CommandConsumer(store, publisher, Metrics(), MAX, retry_max_s=0.01)  # type: ignore[arg-type]
+
+
+async def test_a_batch_gets_one_result_per_command_and_dead_letters_in_one_send() -> None:
+    store, publisher = FakeCommandStore(), FakePublisher()
+    records = [
+        record(0, create("c1", "A")),
+        record(1, b"not json"),
+        record(2, create("c2", "a")),
+        record(3, json.dumps({"command_id": "c3", "organization_id": "org_a"}).encode()),
+        record(4, create("c4", " ")),
+    ]
+    await consumer(store, publisher).handle_records(records)
+
+    assert [r.result.command_id for r in publisher.replies] == ["c1", "c2", "c3", "c4"]
+    assert publisher.codes() == {"c1": 201, "c2": 409, "c3": 422, "c4": 422}
+    assert [(d.record.offset, d.reason) for d in publisher.dead] == [
+        (1, "not_json"),
+        (3, "invalid_schema"),
+    ]
+    assert store.commits == 1
+
+
+async def test_reply_to_and_correlation_id_come_from_the_headers() -> None:
+    publisher = FakePublisher()
+    headers = [("reply_to", b"replies"), ("correlation_id", b"c-9"), ("x", None)]
+    await consumer(FakeCommandStore(), publisher).handle_records(
+        [record(0, create("c1", "A"), headers), record(1, create("c2", "B"), [("reply_to", None)])]
+    )
+    assert [(r.reply_to, r.correlation_id) for r in publisher.replies] == [
+        ("replies", "c-9"),
+        (None, None),
+    ]
+
+
+async def test_a_command_that_fails_for_good_is_isolated_and_dead_lettered() -> None:
+    store = FailingStore(RuntimeError("a bug"), poison="c2")
+    publisher = FakePublisher()
+    records = [
+        record(0, create("c1", "A")),
+        record(1, create("c2", "B")),
+        record(2, b"[]"),
+        record(3, create("c3", "C")),
+    ]
+    await consumer(store, publisher).handle_records(records)
+
+    assert publisher.codes() == {"c1": 201, "c3": 201}
+    assert [(d.record.offset, d.reason) for d in publisher.dead] == [
+        (1, "processing_failed"),
+        (2, "not_object"),
+    ]
+    assert "a bug" in publisher.dead[0].error
+    assert sorted(g.name for g in store.groups.values()) == ["A", "C"]
+
+
+async def test_a_transient_failure_is_retried_until_it_passes_and_never_dead_lettered() -> None:
+    store = FailingStore(ConnectionRefusedError("postgres is down"), times=3)
+    publisher = FakePublisher()
+    metrics = Metrics()
+    subject = CommandConsumer(store, publisher, metrics, MAX, retry_max_s=0.01)  # type: ignore[arg-type]
+
+    await subject.handle_records([record(0, create("c1", "A")), record(1, create("c2", "B"))])
+
+    assert store.attempts == 4
+    assert publisher.codes() == {"c1": 201, "c2": 201}
+    assert publisher.dead == []
+    assert metrics.registry.get_sample_value("customer_groups_transient_errors_total") == 3
+
+
+async def test_results_lost_on_the_way_out_are_sent_again_without_a_second_effect() -> None:
+    store = FakeCommandStore()
+    publisher = FakePublisher([KafkaConnectionError("broker gone")])
+
+    await consumer(store, publisher).handle_records([record(0, create("c1", "A"))])
+
+    assert store.commits == 2
+    assert len(store.groups) == 1
+    assert len(store.outbox) == 1
+    assert publisher.codes() == {"c1": 201}
+
+
+async def test_a_result_kafka_refuses_as_too_large_is_dead_lettered_not_retried_forever() -> None:
+    assert not is_transient(MessageSizeTooLargeError("too big"))
+    assert is_transient(KafkaConnectionError("gone"))
+    assert is_transient(ConnectionRefusedError())
+    store = FakeCommandStore()
+    publisher = FakePublisher([MessageSizeTooLargeError("too big")])
+
+    await consumer(store, publisher).handle_records([record(0, create("c1", "A"))])
+
+    assert publisher.replies == []
+    assert [(d.record.offset, d.reason) for d in publisher.dead] == [(0, "processing_failed")]
+    assert len(store.groups) == 1
