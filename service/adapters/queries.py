@@ -13,8 +13,8 @@ from service.domain.model import Group
 
 # Keyset order is (updated_at, id), served by the index customer_groups_org_updated. Cursor
 # paging cannot skip a row: an organization's writers hold its advisory lock from before
-# they read the clock until they commit, so a change that is not visible yet will get a
-# later updated_at than every change of that organization that already is.
+# they read the clock until they commit, so (with clocks that do not step back) a change
+# not visible yet gets a later updated_at than every visible change of that organization.
 SELECT_PAGE = f"""
 SELECT {GROUP_COLUMNS} FROM customer_groups
 WHERE organization_id = $1

@@ -154,14 +154,30 @@ def print_table(report: Report) -> None:
             f"at {f['latency_rate']:,}/s offered",
         )
     for groups, per_s in f.get("groups_preexisting", {}).items():
-        figures.add_row(f"commands_per_s, {int(groups):,} groups before", f"{per_s:,.1f}", "", "")
+        figures.add_row(f"commands_per_s @ {int(groups):,} groups", f"{per_s:,.1f}", "", "")
     if (change := f.get("groups_preexisting_change_pct")) is not None:
         met = abs(change) <= PREEXISTING_TOLERANCE_PCT
         figures.add_row(
-            "change with preexisting groups",
+            "change, preexisting groups",
             f"{change:+.1f}%",
             f"within {PREEXISTING_TOLERANCE_PCT}%",
             "[green]met[/]" if met else "[red]missed[/]",
+        )
+    cpu = [
+        (phase, value)
+        for phase, value in (
+            ("throughput", f.get("throughput", {}).get("service_cpu_cores")),
+            ("latency", f.get("latency_service_cpu_cores")),
+            ("relay", f.get("relay_service_cpu_cores")),
+        )
+        if value is not None
+    ]
+    if cpu:
+        figures.add_row(
+            "service CPU (cores)",
+            " / ".join(f"{v:.2f}" for _, v in cpu),
+            "",
+            " / ".join(p for p, _ in cpu),
         )
     console.print(figures)
     if base := f.get("baselines"):

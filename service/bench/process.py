@@ -136,6 +136,11 @@ class ServiceProcess:
         extra = sum(memory_kb(child).get("VmRSS", 0) for child in children(self.pid))
         self.peak_children_kb = max(self.peak_children_kb, extra)
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     @property
     def peak_rss_mb(self) -> float:
         return (self.peak_rss_kb + self.peak_children_kb) / 1024

@@ -151,6 +151,7 @@ class _Bench:
     progress: Progress
     prefix: str
     orgs: list[str] = field(init=False)
+    service: ServiceProcess | None = None
     peak_rss_mb: float = 0.0
 
     def __post_init__(self) -> None:
@@ -218,7 +219,7 @@ class _Bench:
         wanted = [p for p in ("throughput", "latency") if p not in o.skip]
         if not wanted:
             return
-        service = None if o.external else ServiceProcess(self.target)
+        service = self.service = None if o.external else ServiceProcess(self.target)
         try:
             if service is not None:
                 await service.start()
@@ -238,6 +239,10 @@ class _Bench:
                 await service.stop()
                 self.peak_rss_mb = max(self.peak_rss_mb, service.peak_rss_mb)
                 self.figures["rss_mb"] = round(self.peak_rss_mb, 1)
+                self.service = None
+
+    def cpu_seconds(self) -> float | None:
+        return None if self.service is None else self.service.cpu_seconds()
 
     async def warm_up(self) -> None:
         """Until the service answers (its consumer owns the partitions), nothing is timed."""
@@ -261,6 +266,7 @@ class _Bench:
         await client.start()
         try:
             records = workload.encode(planned)
+            cpu_before = self.cpu_seconds()
             started = time.perf_counter()
             await kafka_io.produce(client, t.topic_commands, records)
             produced = time.perf_counter()
@@ -284,6 +290,9 @@ class _Bench:
         }
         if complete:
             outcome["seconds"] = tail.last_seen[t.topic_events] - started
+        if cpu_before is not None:
+            cpu = (self.cpu_seconds() or 0.0) - cpu_before
+            outcome["service_cpu_cores"] = round(cpu / outcome["seconds"], 2)
         expected = workload.expected_codes(planned)
         if outcome["results"] != len(planned):
             self.problem(f"{len(planned)} commands sent but {outcome['results']} results seen")
@@ -320,6 +329,9 @@ class _Bench:
     async def latency(self) -> None:
         """Each command's time from its send to its event, at a fixed offered rate."""
         o, t = self.options, self.target
+        if not o.external:
+            await self.reset()
+            await self.preload(SMALL_PRELOAD)
         count = max(1, int(o.rate * o.latency_seconds))
         self.progress(f"latency: {count:,} commands at {o.rate:,}/s")
         planned = workload.plan(count, self.orgs, "l")
@@ -340,6 +352,7 @@ class _Bench:
         client = kafka_io.producer(t, linger_ms=0)
         await client.start()
         try:
+            cpu_before = self.cpu_seconds()
             started = time.perf_counter()
             for index, (p, (key, value)) in enumerate(zip(planned, records, strict=True)):
                 due = started + index / o.rate
@@ -365,6 +378,10 @@ class _Bench:
         } | {"max": round(latencies[-1] * 1000, 2)}
         self.figures["latency_rate"] = o.rate
         self.figures["latency_offered_per_s"] = round(offered, 1)
+        if cpu_before is not None:
+            elapsed = time.perf_counter() - started
+            cpu = (self.cpu_seconds() or 0.0) - cpu_before
+            self.figures["latency_service_cpu_cores"] = round(cpu / elapsed, 2)
 
     async def relay(self) -> None:
         """A relay-only service drains a backlog that appears in the outbox all at once."""
@@ -378,6 +395,7 @@ class _Bench:
         try:
             self.progress(f"relay: committing a backlog of {o.relay_backlog:,} outbox rows")
             await self.fill_outbox(o.relay_backlog)
+            cpu_before = service.cpu_seconds()
             started = time.perf_counter()
             seen, last_progress = 0, started
             while seen < o.relay_backlog:
@@ -388,6 +406,7 @@ class _Bench:
                 elif time.perf_counter() - last_progress > 30:
                     break
             finished = last_progress
+            cpu_cores = (service.cpu_seconds() - cpu_before) / (time.perf_counter() - started)
             unpublished = await self._unpublished_after(5)
         except BaseException:
             self.report.problems.append(f"relay log tail:\n{service.log_tail()}")
@@ -400,6 +419,7 @@ class _Bench:
         if unpublished:
             self.problem(f"relay: {unpublished} outbox rows still unpublished")
         self.figures["relay_events_per_s"] = round(seen / (finished - started), 1)
+        self.figures["relay_service_cpu_cores"] = round(cpu_cores, 2)
         self.figures["rss_mb_relay"] = round(service.peak_rss_mb, 1)
         self.peak_rss_mb = max(self.peak_rss_mb, service.peak_rss_mb)
         self.figures["rss_mb"] = round(self.peak_rss_mb, 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -23,7 +22,7 @@ PROBE_TIMEOUT_S = 2.0
 
 
 def create_app(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def app_lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with lifespan(settings, roles) as container:
             app.state.container = container
@@ -128,9 +127,12 @@ async def _refresh_gauges(container: Container) -> None:
     if consumer is None:
         return
     metrics.consumer_lag.clear()
-    for partition in consumer.assignment():
-        # highwater is known once a fetch returned; the position is then known too.
-        end = consumer.highwater(partition)
-        if end is not None:
-            lag = end - await consumer.position(partition)
-            metrics.consumer_lag.labels(partition.topic, str(partition.partition)).set(lag)
+    # A rebalance may take a partition away between the two reads; the next scrape shows it.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            for partition in consumer.assignment():
+                # highwater is known once a fetch returned; the position is then known too.
+                end = consumer.highwater(partition)
+                if end is not None:
+                    lag = end - await consumer.position(partition)
+                    metrics.consumer_lag.labels(partition.topic, str(partition.partition)).set(lag)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -551,6 +553,13 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(tail.render(args.topic, record), flush=True)
 
+    # Ctrl-C ends the loop between polls, so the consumer closes cleanly. Signal handlers
+    # can only be set from the main thread (not so when main() runs in a test's thread).
+    stop = asyncio.Event()
+    if threading.current_thread() is threading.main_thread():
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
     await tail.tail(
         settings,
         args.topic,
@@ -559,5 +568,6 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
         limit=args.limit,
         idle_timeout=args.timeout,
         organization=args.organization,
+        stop=stop,
     )
     return 0

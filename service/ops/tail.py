@@ -101,9 +101,10 @@ async def tail(
     limit: int | None = None,
     idle_timeout: float | None = None,
     organization: str | None = None,
+    stop: asyncio.Event | None = None,
 ) -> int:
     """Pass each new record (or every one, from the beginning) to `emit`, until `limit`
-    records or `idle_timeout` seconds without one; returns how many were emitted."""
+    records, `idle_timeout` seconds without one, or `stop`; returns how many were emitted."""
     loop = asyncio.get_running_loop()
     emitted = 0
     async with reader(settings) as consumer:
@@ -114,7 +115,7 @@ async def tail(
         else:
             await consumer.seek_to_end(*tps)
         last_seen = loop.time()
-        while limit is None or emitted < limit:
+        while (limit is None or emitted < limit) and not (stop and stop.is_set()):
             batches = await consumer.getmany(timeout_ms=200)
             if batches:
                 last_seen = loop.time()

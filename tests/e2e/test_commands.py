@@ -29,8 +29,8 @@ async def created(kafka: KafkaProbe, name: str = "VIP", **fields: Any) -> dict[s
     return group
 
 
-async def events_after_marker(kafka: KafkaProbe, group_id: str) -> list[Record]:
-    """Every event of `group_id` so far, proven complete by a later change of another group.
+async def settle(kafka: KafkaProbe) -> None:
+    """Until every event of the commands sent so far is in, proven by a later change's event.
 
     One organization's commands share a partition and the relay publishes in commit order, so
     once the marker's event is in, any event an earlier command produced is in too."""
@@ -39,6 +39,10 @@ async def events_after_marker(kafka: KafkaProbe, group_id: str) -> list[Record]:
         kafka.settings.topic_events,
         lambda records: any(headers_of(r)["ce_subject"] == marker["id"] for r in records),
     )
+
+
+async def events_after_marker(kafka: KafkaProbe, group_id: str) -> list[Record]:
+    await settle(kafka)
     return [r for r in kafka.events() if headers_of(r)["ce_subject"] == group_id]
 
 
@@ -259,7 +263,7 @@ async def test_reply_to_never_writes_into_the_services_own_topics(
         await kafka.send(body, headers={"reply_to": topic})
     for body in bodies:
         assert (await kafka.result(body["command_id"]))["code"] == 201
-    await events_after_marker(kafka, "")
+    await settle(kafka)
 
     events = kafka.events()
     assert len(events) == len(bodies) + 1

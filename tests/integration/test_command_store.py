@@ -374,8 +374,8 @@ async def test_pruning_drops_old_records_in_batches_and_keeps_unpublished_events
     ids = [r["id"] for r in await outbox(pool)]
     old, recent = ids[:5], ids[5:]
     await pool.execute(
-        "UPDATE outbox SET occurred_at = now() - interval '3 days', published_at = now()"
-        " WHERE id = ANY($1::bigint[])",
+        "UPDATE outbox SET occurred_at = now() - interval '3 days',"
+        " published_at = now() - interval '3 days' WHERE id = ANY($1::bigint[])",
         old[:4],
     )
     await pool.execute(

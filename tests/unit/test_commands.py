@@ -15,7 +15,7 @@ CID = "5b0c3c1e-6f1e-4a8e-9d55-0e8f3f7c2a10"
 IDS = {"command_id": CID, "organization_id": "org_42"}
 
 
-def body(type_: str = "group.create", **fields: Any) -> dict[str, Any]:
+def body(type_: str = "group.create", /, **fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {**IDS, "type": type_}
     if type_ == "group.create":
         base["name"] = "VIP Customers"
