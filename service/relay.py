@@ -87,10 +87,9 @@ class OutboxRelay:
                 await outbox_store.mark_published(conn, [row.id for row in rows])
                 self._metrics.events_published.inc(len(rows))
                 idle = settings.relay_poll_min_s
-                if len(rows) == settings.relay_batch_size:
-                    self._working()
-                    continue
             self._working()
+            if len(rows) == settings.relay_batch_size:
+                continue
             self.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), idle)

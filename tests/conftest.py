@@ -18,10 +18,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from service.adapters.db import create_pool, migrate
 from service.bootstrap import Container, lifespan
-from service.adapters.kafka import ensure_topics
+from service.adapters.kafka import client_options, ensure_topics
 from service.config import Settings
 from tests.support import KafkaProbe, wait_until_assigned
 
@@ -128,13 +129,24 @@ def make_settings(database_url: str, kafka: str, prefix: str, **overrides: objec
 
 
 @pytest.fixture
-async def settings(endpoints: tuple[str, str], test_database: str) -> Settings:
-    """Settings with topics of their own (per test), on this session's database."""
+async def settings(endpoints: tuple[str, str], test_database: str) -> AsyncIterator[Settings]:
+    """Settings with topics of their own (per test), on this session's database.
+
+    The topics are deleted afterwards: a single local broker slows down and runs out of
+    heap when thousands of test partitions pile up."""
     _, kafka = endpoints
     prefix = f"t{uuid.uuid4().hex[:8]}"
     value = make_settings(test_database, kafka, prefix)
     await ensure_topics(value)
-    return value
+    yield value
+    admin = AIOKafkaAdminClient(**client_options(value))
+    await admin.start()
+    try:
+        existing = [t for t in await admin.list_topics() if t.startswith(f"{prefix}.")]
+        if existing:
+            await admin.delete_topics(existing)
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

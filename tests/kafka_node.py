@@ -33,6 +33,12 @@ rootLogger.appenderRef.stdout.ref = STDOUT
 """
 
 
+def die_with_parent(command: list[str]) -> list[str]:
+    """`command`, made to get SIGKILL when the test process dies, even if it is killed itself."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", *command] if setpriv else command
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -146,7 +152,7 @@ class KafkaNode:
         assert self.process is None or self.process.poll() is not None, "already running"
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                self._java("kafka.Kafka", str(self.config)),
+                die_with_parent(self._java("kafka.Kafka", str(self.config))),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -135,7 +135,10 @@ async def run_bench(
         finally:
             await pool.close()
             if created_topics and not options.keep:
-                await kafka_io.delete_topics(own, created_topics)
+                try:
+                    await kafka_io.delete_topics(own, created_topics)
+                except Exception as error:  # a cleanup failure must not hide the run's own
+                    progress(f"could not delete topics {', '.join(created_topics)}: {error!r}")
     report.figures["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     _ratios(report)
     return report

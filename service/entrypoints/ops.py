@@ -56,11 +56,14 @@ def _event_type(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+
+    return parse
 
 
 def _handler(run: Run) -> Callable[[argparse.Namespace, Settings], int]:
@@ -361,7 +364,7 @@ def _register_dlq(subparsers: Subparsers) -> None:
         ),
     )
     _dlq_filters(again)
-    again.add_argument("--limit", type=_positive, help="send at most this many")
+    again.add_argument("--limit", type=_at_least(1), help="send at most this many")
     _common(again)
     again.set_defaults(handler=_handler(_dlq_redrive))
 
@@ -376,7 +379,9 @@ def _dlq_filters(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--since", type=_time, help=f"dead-lettered at or after: {TIME_HELP}")
     parser.add_argument("--until", type=_time, help="dead-lettered before this time")
-    parser.add_argument("--sample", type=int, default=5, help="how many to show (default 5)")
+    parser.add_argument(
+        "--sample", type=_at_least(0), default=5, help="how many to show (default 5)"
+    )
 
 
 def _dlq_selection(args: argparse.Namespace) -> dlq.DeadLetterFilter:
@@ -534,7 +539,7 @@ def _register_tail(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--from-beginning", action="store_true", help="start at the oldest message, not the end"
     )
-    parser.add_argument("--limit", type=_positive, help="stop after this many messages")
+    parser.add_argument("--limit", type=_at_least(1), help="stop after this many messages")
     parser.add_argument(
         "--timeout",
         type=float,

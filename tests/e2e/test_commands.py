@@ -458,7 +458,9 @@ async def test_a_value_over_one_mebibyte_is_dead_lettered_with_a_422(
     service: Container, kafka: KafkaProbe, settings: Settings
 ) -> None:
     # The broker limits record batches to about 1 MiB *compressed*, so a compressing producer
-    # is how an oversize command really arrives; the service must not choke on it.
+    # is how an oversize command really arrives on a default topic. Its copy cannot fit the
+    # DLQ topic (same limit, and the service does not compress): the dead letter holds the
+    # first bytes, flagged, and its dlq_source_* headers point at the original.
     body = command(name="Big", description="d" * (1024 * 1024))
     raw = json.dumps(body).encode()
     assert len(raw) > settings.command_max_bytes

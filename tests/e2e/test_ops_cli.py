@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import SecretStr
 from service.bootstrap import Container
 from service.config import Settings
 from service.entrypoints.cli import main
+from service.ops.common import parse_partition_offset, parse_time
 from tests.support import KafkaProbe, command, headers_of
 
 Cli = Callable[..., Awaitable[tuple[int, str]]]
@@ -178,3 +180,21 @@ async def test_the_ops_tools_print_json_and_dry_runs_write_nothing(
 
     with pytest.raises(SystemExit):
         await cli("replay", "--since", "yesterday")
+
+
+def test_time_and_offset_arguments() -> None:
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    ten = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    assert parse_time("2h", now) == ten
+    assert parse_time("120m", now) == ten
+    assert parse_time("7200s", now) == ten
+    assert parse_time("7d", now) == datetime(2026, 11, 13, 12, 0, tzinfo=UTC)
+    assert parse_time("1w", now) == datetime(2026, 11, 13, 12, 0, tzinfo=UTC)
+    assert parse_time("2026-11-20T10:00Z") == ten
+    assert parse_time("2026-11-20T10:00") == ten
+    assert parse_time("2026-11-20T11:00+01:00") == ten
+    with pytest.raises(ValueError, match="neither a duration"):
+        parse_time("yesterday")
+    assert parse_partition_offset("3:1500") == (3, 1500)
+    with pytest.raises(ValueError, match="PARTITION:OFFSET"):
+        parse_partition_offset("3")

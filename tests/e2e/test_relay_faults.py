@@ -19,7 +19,7 @@ from service.adapters import outbox_store
 from service.adapters.kafka import ensure_topics
 from service.bootstrap import Role, lifespan
 from service.config import Settings
-from tests.kafka_node import KafkaNode, missing_requirements
+from tests.kafka_node import KafkaNode, die_with_parent, missing_requirements
 from tests.relay_support import (
     Downstream,
     apply,
@@ -101,14 +101,16 @@ async def test_kafka_down_for_20s_loses_nothing(
 
             private_kafka.kill()
             down_at = asyncio.get_running_loop().time()
-            await wait_until(lambda: "relay" in service.health.problems, seconds=10)
-            await asyncio.sleep(OUTAGE_S - (asyncio.get_running_loop().time() - down_at))
-            waiting, _ = await outbox_store.backlog(pool)
-            assert waiting > 0
-            assert "relay" in service.health.problems
-
-            private_kafka.start()
-            await private_kafka.wait_ready()
+            try:
+                await wait_until(lambda: "relay" in service.health.problems, seconds=10)
+                await asyncio.sleep(OUTAGE_S - (asyncio.get_running_loop().time() - down_at))
+                waiting, _ = await outbox_store.backlog(pool)
+                assert waiting > 0
+                assert "relay" in service.health.problems
+            finally:
+                # Also when failing: shutting the producer down waits for Kafka to take its sends.
+                private_kafka.start()
+                await private_kafka.wait_ready()
             await wait_until(lambda: "relay" not in service.health.problems, seconds=60)
         finally:
             writer.cancel()
@@ -165,7 +167,9 @@ def start_relay(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     }
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "service.entrypoints.cli", "run", "--role", "relay"],
+            die_with_parent(
+                [sys.executable, "-m", "service.entrypoints.cli", "run", "--role", "relay"]
+            ),
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

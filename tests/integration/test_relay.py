@@ -60,7 +60,7 @@ async def test_a_row_committed_after_later_rows_is_still_published(
         transaction = slow.transaction()
         await transaction.start()
         group = sample_group("org_slow")
-        slow_id, slow_event_id = await slow.fetchrow(
+        held = await slow.fetchrow(
             INSERT_OUTBOX_ROW,
             group.organization_id,
             group.id,
@@ -68,6 +68,8 @@ async def test_a_row_committed_after_later_rows_is_still_published(
             orjson.dumps(group_json(group)).decode(),
             group.created_at,
         )
+        assert held is not None
+        slow_id, slow_event_id = held["id"], held["event_id"]
 
         await apply(pool, *(create("org_fast") for _ in range(5)))
         later = await pool.fetch("SELECT id, event_id::text FROM outbox ORDER BY id")
@@ -102,7 +104,7 @@ async def test_two_relays_keep_each_groups_events_in_order(
     groups = {
         org: [group_id(r) for r in created if r.organization_id == org] for org in organizations
     }
-    rounds = 40
+    rounds = 60
 
     async def write(organization_id: str) -> None:
         for _ in range(rounds):
