@@ -48,7 +48,7 @@ test: venv services
 	source .local/env && $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy service
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy service tests
 
 bench: venv services
 	source .local/env && $(VENV)/bin/customer-groups bench $(BENCH_ARGS)

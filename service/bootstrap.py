@@ -83,6 +83,12 @@ async def lifespan(
             for task in container.tasks:
                 task.cancel()
             await asyncio.gather(*container.tasks, return_exceptions=True)
-            await broker.stop()
+            # With Kafka down the producer would wait forever for its unsent messages; they
+            # are safe to drop (unacknowledged outbox rows stay unpublished, commands stay
+            # uncommitted), so shutdown does not wait for them.
+            try:
+                await asyncio.wait_for(broker.stop(), settings.shutdown_timeout_s)
+            except TimeoutError:
+                log.warning("Kafka did not close in time; unsent messages will be redelivered")
     finally:
-        await pool.close()
+        await asyncio.wait_for(pool.close(), settings.shutdown_timeout_s)

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     http_command_timeout_s: float = Field(default=5.0, gt=0)
     api_tokens: SecretStr = SecretStr("")
 
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -21,8 +21,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from service.adapters.db import create_pool, migrate
-from service.bootstrap import Container, lifespan
 from service.adapters.kafka import client_options, ensure_topics
+from service.bootstrap import Container, lifespan
 from service.config import Settings
 from tests.support import KafkaProbe, wait_until_assigned
 
@@ -157,8 +157,6 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await pool.execute("TRUNCATE customer_groups, outbox, processed_commands")
     yield pool
     await pool.close()
-
-
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
@@ -14,7 +15,7 @@ from service.adapters.kafka import client_options
 from service.bootstrap import Container
 from service.config import Settings
 
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 def command(
@@ -124,10 +125,8 @@ class KafkaProbe:
             if remaining <= 0:
                 raise TimeoutError(f"{topic}: condition not met; have {len(self.records[topic])}")
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), min(remaining, 0.2))
-            except TimeoutError:
-                pass
         return self.records[topic]
 
     def results(self) -> list[dict[str, Any]]:

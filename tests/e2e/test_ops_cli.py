@@ -135,7 +135,7 @@ async def test_the_ops_tools_print_json_and_dry_runs_write_nothing(
     rows = await pool.fetch("SELECT * FROM customer_groups ORDER BY id")
     seen = {topic: len(records) for topic, records in kafka.records.items()}
 
-    dry_runs = {
+    dry_runs: dict[tuple[str, ...], dict[str, object]] = {
         ("republish", "--organization", "org_a"): {"matched": 2, "published": 0},
         ("rebuild-state",): {"live": 1, "tombstones": 1, "published": 0},
         ("dlq", "redrive"): {"matched": 0, "sent": 0, "skipped_still_malformed": {"not_json": 1}},
