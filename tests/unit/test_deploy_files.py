@@ -46,3 +46,17 @@ def test_compose_postgres_credentials_match_the_service_url() -> None:
     url = services["service"]["environment"]["DATABASE_URL"]
     expected = f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}"
     assert url == expected
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = {
+        name.strip("`")
+        for line in readme.splitlines()
+        if line.startswith("| `")
+        for name in line.split("|")[1].replace("/", " ").split()
+    }
+    for field in Settings.model_fields:
+        variable = field.upper()
+        short = variable.removeprefix("TOPIC_PARTITIONS_")
+        assert variable in table or f"_{short}" in table, variable
