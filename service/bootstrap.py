@@ -14,7 +14,13 @@ from faststream.kafka import KafkaBroker
 
 from service.adapters.command_store import CommandStore
 from service.adapters.db import Pool, create_pool, migrate
-from service.adapters.kafka import CommandPublisher, EventPublisher, create_broker, ensure_topics
+from service.adapters.kafka import (
+    CommandPublisher,
+    EventPublisher,
+    create_broker,
+    create_producer,
+    ensure_topics,
+)
 from service.config import Settings
 from service.entrypoints import consumer as consumer_entrypoint
 from service.entrypoints.asyncapi import document_topics
@@ -56,21 +62,23 @@ async def lifespan(
         if settings.topic_auto_create:
             await ensure_topics(settings)
         broker = create_broker(settings)
+        producer = create_producer(settings)
         container = Container(settings, pool, broker, Metrics(), Health(), roles)
         consumer = consumer_entrypoint.CommandConsumer(
             CommandStore(pool),
-            CommandPublisher(broker, settings),
+            CommandPublisher(producer, settings),
             container.metrics,
             settings.command_max_bytes,
         )
         if Role.CONSUMER in roles:
             container.subscriber = consumer_entrypoint.subscribe(broker, settings, consumer)
         document_topics(broker, settings)
+        await producer.start()
         await broker.start()
         try:
             if Role.RELAY in roles and settings.relay_enabled:
                 state_topic = settings.topic_state if settings.relay_publish_state else None
-                publisher = EventPublisher(broker, settings, state_topic=state_topic)
+                publisher = EventPublisher(producer, settings, state_topic=state_topic)
                 relay = OutboxRelay(pool, publisher, settings, container.metrics, container.health)
                 consumer.on_committed.append(relay.wakeup)
                 container.relay = relay
@@ -88,6 +96,7 @@ async def lifespan(
             # uncommitted), so shutdown does not wait for them.
             try:
                 await asyncio.wait_for(broker.stop(), settings.shutdown_timeout_s)
+                await asyncio.wait_for(producer.stop(), settings.shutdown_timeout_s)
             except TimeoutError:
                 log.warning("Kafka did not close in time; unsent messages will be redelivered")
     finally:

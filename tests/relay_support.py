@@ -15,7 +15,7 @@ import asyncpg
 
 from service.adapters.command_store import CommandStore
 from service.adapters.db import create_pool
-from service.adapters.kafka import EventPublisher, create_broker
+from service.adapters.kafka import EventPublisher, create_producer
 from service.config import Settings
 from service.domain.commands import CreateGroup, DeleteGroup, UpdateGroup
 from service.domain.results import CommandResult
@@ -37,10 +37,10 @@ class RunningRelay:
 async def running_relay(settings: Settings) -> AsyncIterator[RunningRelay]:
     """An OutboxRelay with a pool and a Kafka producer of its own, as one instance would run it."""
     pool = await create_pool(settings, min_size=1)
-    broker = create_broker(settings)
-    await broker.start()
+    producer = create_producer(settings)
+    await producer.start()
     health, metrics = Health(), Metrics()
-    publisher = EventPublisher(broker, settings, state_topic=settings.topic_state)
+    publisher = EventPublisher(producer, settings, state_topic=settings.topic_state)
     relay = OutboxRelay(pool, publisher, settings, metrics, health)
     task = asyncio.create_task(relay.run())
     try:
@@ -48,7 +48,7 @@ async def running_relay(settings: Settings) -> AsyncIterator[RunningRelay]:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await broker.stop()
+        await producer.stop()
         await pool.close()
 
 

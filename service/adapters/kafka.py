@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
@@ -53,6 +53,22 @@ def client_options(settings: Settings) -> dict[str, Any]:
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = _password(settings)
     return options
+
+
+def create_producer(settings: Settings) -> AIOKafkaProducer:
+    """The producer of results, dead letters and events.
+
+    Idempotence with acks=all keeps each partition's order through retries. A plain
+    aiokafka producer rather than FastStream's publish: on the hot path FastStream's
+    per-message wrapping (a correlation id, a command object) cost a third of the CPU."""
+    return AIOKafkaProducer(
+        **client_options(settings),
+        client_id=settings.kafka_client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=1,
+        max_batch_size=512 * 1024,
+    )
 
 
 def create_broker(settings: Settings) -> KafkaBroker:
@@ -131,8 +147,8 @@ class CommandPublisher:
 
     Copies to a producer's reply_to topic are best effort: the results topic is the record."""
 
-    def __init__(self, broker: KafkaBroker, settings: Settings) -> None:
-        self._broker = broker
+    def __init__(self, producer: AIOKafkaProducer, settings: Settings) -> None:
+        self._producer = producer
         self._settings = settings
         # Producers may not aim replies into the service's own streams.
         self._own_topics = {
@@ -160,14 +176,10 @@ class CommandPublisher:
             await asyncio.gather(*extra)
 
     async def _publish(self, body: bytes, topic: str, key: bytes, reply: Reply) -> Any:
-        return await self._broker.publish(
-            body,
-            topic,
-            key=key,
-            headers={"content-type": "application/json"},
-            correlation_id=reply.correlation_id,
-            no_confirm=True,
-        )
+        headers = [_JSON_CONTENT]
+        if reply.correlation_id is not None:
+            headers.append(("correlation_id", reply.correlation_id.encode()))
+        return await self._producer.send(topic, body, key=key, headers=headers)
 
     async def _reply_to(self, body: bytes, key: bytes, reply: Reply) -> None:
         async def publish() -> None:
@@ -204,30 +216,33 @@ class CommandPublisher:
                 "dlq_source_timestamp": str(record.timestamp),
             }
         )
-        return await self._broker.publish(
-            value,
+        sent: asyncio.Future[Any] = await self._producer.send(
             self._settings.topic_dlq,
+            value,
             key=key,
-            headers=headers,
-            no_confirm=True,
+            headers=[(k, v.encode()) for k, v in headers.items()],
         )
+        return sent
 
 
-def cloudevent_headers(row: OutboxRow, source: str) -> dict[str, str]:
-    headers = {
-        "ce_specversion": "1.0",
-        "ce_id": row.event_id,
-        "ce_type": row.event_type,
-        "ce_source": source,
-        "ce_subject": row.group_id,
-        "ce_time": format_time(row.occurred_at),
-        "content-type": "application/json",
-        "ce_organizationid": row.organization_id,
-        "ce_groupversion": str(row.group_version),
-        "ce_commandid": row.command_id,
-    }
+_JSON_CONTENT = ("content-type", b"application/json")
+
+
+def cloudevent_headers(row: OutboxRow, source: bytes) -> list[tuple[str, bytes]]:
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", row.event_id.encode()),
+        ("ce_type", row.event_type.encode()),
+        ("ce_source", source),
+        ("ce_subject", row.group_id.encode()),
+        ("ce_time", format_time(row.occurred_at).encode()),
+        _JSON_CONTENT,
+        ("ce_organizationid", row.organization_id.encode()),
+        ("ce_groupversion", str(row.group_version).encode()),
+        ("ce_commandid", row.command_id.encode()),
+    ]
     if row.traceparent:
-        headers["traceparent"] = row.traceparent
+        headers.append(("traceparent", row.traceparent.encode()))
     return headers
 
 
@@ -235,6 +250,8 @@ def state_value(row: OutboxRow) -> bytes | None:
     """The compacted state topic holds the latest group; a delete leaves a tombstone."""
     if row.event_type == "group.deleted":
         return None
+    if row.event_type == "group.created":
+        return row.payload.encode()
     group = orjson.loads(row.payload)
     group.pop("previous", None)
     return orjson.dumps(group)
@@ -245,41 +262,28 @@ class EventPublisher:
 
     def __init__(
         self,
-        broker: KafkaBroker,
+        producer: AIOKafkaProducer,
         settings: Settings,
         *,
         topic: str | None = None,
         state_topic: str | None = None,
     ) -> None:
-        self._broker = broker
-        self._source = settings.ce_source
+        self._producer = producer
+        self._source = settings.ce_source.encode()
         self._topic = topic or settings.topic_events
         self._state_topic = state_topic
 
     async def publish(self, rows: Sequence[OutboxRow], *, state_only: bool = False) -> None:
         """Returns once Kafka has acknowledged every row; raises if any was not."""
         pending: list[asyncio.Future[Any]] = []
+        send = self._producer.send
         for row in rows:
             key = row.group_id.encode()
             if not state_only:
-                pending.append(
-                    await self._broker.publish(
-                        row.payload.encode(),
-                        self._topic,
-                        key=key,
-                        headers=cloudevent_headers(row, self._source),
-                        no_confirm=True,
-                    )
-                )
+                headers = cloudevent_headers(row, self._source)
+                pending.append(await send(self._topic, row.payload.encode(), key, headers=headers))
             if self._state_topic:
-                pending.append(
-                    await self._broker.publish(
-                        state_value(row),
-                        self._state_topic,
-                        key=key,
-                        headers={"content-type": "application/json"},
-                        no_confirm=True,
-                    )
-                )
+                value = state_value(row)
+                pending.append(await send(self._state_topic, value, key, headers=[_JSON_CONTENT]))
         if pending:
             await asyncio.gather(*pending)

@@ -96,7 +96,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     options = options_from(args)
     if options.external and options.preload:
-        print("--preload needs the bench's own database; it cannot go with --external")
+        print("--preload needs the bench's own database; not with --external", file=sys.stderr)
         return 2
 
     logging.getLogger("service").setLevel(logging.WARNING)
@@ -152,6 +152,13 @@ def print_table(report: Report) -> None:
             f"{latency['p50']:,.1f} / {latency['p95']:,.1f}",
             "",
             f"at {f['latency_rate']:,}/s offered",
+        )
+    if to_result := f.get("latency_to_result_ms"):
+        figures.add_row(
+            "to result p50 / p99 (ms)",
+            f"{to_result['p50']:,.1f} / {to_result['p99']:,.1f}",
+            "",
+            "the consumer's share",
         )
     for groups, per_s in f.get("groups_preexisting", {}).items():
         figures.add_row(f"commands_per_s @ {int(groups):,} groups", f"{per_s:,.1f}", "", "")

@@ -145,7 +145,18 @@ class ServiceProcess:
     def peak_rss_mb(self) -> float:
         return (self.peak_rss_kb + self.peak_children_kb) / 1024
 
-    async def stop(self, wait_s: float = 20) -> None:
+    async def stop(self, wait_s: float = 20, keep_log: bool = False) -> None:
+        try:
+            await self._stop(wait_s)
+        finally:
+            self._close_log(keep_log)
+
+    def _close_log(self, keep: bool) -> None:
+        self._log.close()
+        if not keep:
+            Path(self._log.name).unlink(missing_ok=True)
+
+    async def _stop(self, wait_s: float) -> None:
         process = self._process
         if process is None or process.returncode is not None:
             return
@@ -159,8 +170,10 @@ class ServiceProcess:
         if self._sampler is not None:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
-        self._log.close()
 
     def log_tail(self, lines: int = 40) -> str:
-        self._log.flush()
-        return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+        try:
+            text = Path(self._log.name).read_text(errors="replace")
+        except OSError as error:
+            return f"(no log: {error})"
+        return "\n".join(text.splitlines()[-lines:])

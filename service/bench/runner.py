@@ -145,6 +145,14 @@ async def run_bench(
 
 
 @dataclass
+class _Seen:
+    results: int = 0
+    events: int = 0
+    last_event: float = 0.0
+    codes: Counter[int] = field(default_factory=Counter)
+
+
+@dataclass
 class _Bench:
     options: BenchOptions
     own: Settings
@@ -176,7 +184,7 @@ class _Bench:
         await self.reset()
         await self.preload(SMALL_PRELOAD)
         self.progress("baseline: raw asyncpg, one transaction per command, one connection")
-        rows = baselines.rows_for(workload.plan(o.commands, self.orgs, "c1"))
+        rows = baselines.rows_for(workload.plan(o.commands, self.orgs, self.tag("c1")))
         found["db_tx_per_s_c1"] = await baselines.transactions_per_s(
             self.pool, rows, 1, o.baseline_seconds
         )
@@ -184,13 +192,13 @@ class _Bench:
         self.progress(
             f"baseline: raw asyncpg, one transaction per command, {connections} connections"
         )
-        rows = baselines.rows_for(workload.plan(o.commands, self.orgs, "cp"))
+        rows = baselines.rows_for(workload.plan(o.commands, self.orgs, self.tag("cp")))
         found["db_tx_per_s_pool"] = await baselines.transactions_per_s(
             self.pool, rows, connections, o.baseline_seconds
         )
         self.figures["sizes"]["db_pool_connections"] = connections
         self.progress("baseline: raw asyncpg, set-based batches of 500")
-        rows = baselines.rows_for(workload.plan(o.commands, self.orgs, "cb"))
+        rows = baselines.rows_for(workload.plan(o.commands, self.orgs, self.tag("cb")))
         found["db_batch_rows_per_s"] = await baselines.batch_rows_per_s(self.pool, rows)
         self.progress("baseline: raw aiokafka produce -> consume")
         found["kafka_roundtrip_msgs_per_s"] = await kafka_io.roundtrip_per_s(
@@ -235,11 +243,11 @@ class _Bench:
                 await self.latency()
         except BaseException:
             if service is not None:
-                self.report.problems.append(f"service log tail:\n{service.log_tail()}")
+                self.progress(f"the service's log ends with:\n{service.log_tail()}")
             raise
         finally:
             if service is not None:
-                await service.stop()
+                await service.stop(keep_log=o.keep)
                 self.peak_rss_mb = max(self.peak_rss_mb, service.peak_rss_mb)
                 self.figures["rss_mb"] = round(self.peak_rss_mb, 1)
                 self.service = None
@@ -249,19 +257,30 @@ class _Bench:
 
     async def warm_up(self) -> None:
         """Until the service answers (its consumer owns the partitions), nothing is timed."""
-        planned = workload.plan(20, [f"{self.orgs[0]}-warmup"], "w")
+        planned = workload.plan(20, [f"{self.orgs[0]}-warmup"], self.tag("w"))
         if not (await self.drive(planned, stall_s=90))["complete"]:
             raise RuntimeError("the service did not answer the warm-up commands")
+
+    def tag(self, name: str) -> str:
+        """Unique to this run, so ids and names never meet an earlier run's on a shared topic."""
+        return f"{self.prefix}-{name}"
 
     async def drive(self, planned: list[workload.Planned], stall_s: float = 30) -> dict[str, Any]:
         """Send `planned` as fast as possible; what came back, checked against the plan."""
         t = self.target
+        orgs = {p.organization_id.encode() for p in planned}
+        groups = {p.group_id.encode() for p in planned if p.eventful}
         events_expected = workload.expected_events(planned)
-        codes: Counter[int] = Counter()
+        seen = _Seen()
 
-        def on_record(record: kafka_io.Record, _: float) -> None:
+        def on_record(record: kafka_io.Record, seen_at: float) -> None:
             if record.topic == t.topic_results:
-                codes[orjson.loads(record.value)["code"]] += 1
+                if record.key in orgs:
+                    seen.codes[orjson.loads(record.value)["code"]] += 1
+                    seen.results += 1
+            elif record.key in groups:
+                seen.events += 1
+                seen.last_event = seen_at
 
         tail = kafka_io.Tail(t, [t.topic_events, t.topic_results], on_record)
         await tail.start()
@@ -274,35 +293,29 @@ class _Bench:
             await kafka_io.produce(client, t.topic_commands, records)
             produced = time.perf_counter()
             complete = await tail.wait(
-                lambda: (
-                    tail.counts[t.topic_events] >= events_expected
-                    and tail.counts[t.topic_results] >= len(planned)
-                ),
-                stall_s,
+                lambda: seen.events >= events_expected and seen.results >= len(planned), stall_s
             )
         finally:
             await client.stop()
             await tail.stop()
         outcome: dict[str, Any] = {
             "complete": complete,
-            "seconds": max(tail.last_seen.values()) - started,
+            "seconds": max(seen.last_event, produced) - started,
             "produce_seconds": produced - started,
-            "results": tail.counts[t.topic_results],
-            "events": tail.counts[t.topic_events],
+            "results": seen.results,
+            "events": seen.events,
             "events_expected": events_expected,
         }
-        if complete:
-            outcome["seconds"] = tail.last_seen[t.topic_events] - started
         if cpu_before is not None:
             cpu = (self.cpu_seconds() or 0.0) - cpu_before
             outcome["service_cpu_cores"] = round(cpu / outcome["seconds"], 2)
         expected = workload.expected_codes(planned)
-        if outcome["results"] != len(planned):
-            self.problem(f"{len(planned)} commands sent but {outcome['results']} results seen")
-        if outcome["events"] != events_expected:
-            self.problem(f"{events_expected} events expected but {outcome['events']} seen")
-        if codes != expected:
-            self.problem(f"result codes {dict(codes)} differ from the plan's {dict(expected)}")
+        if seen.results != len(planned):
+            self.problem(f"{len(planned)} commands sent but {seen.results} results seen")
+        if seen.events != events_expected:
+            self.problem(f"{events_expected} events expected but {seen.events} seen")
+        if seen.codes != expected:
+            self.problem(f"result codes {dict(seen.codes)} differ from the plan's {dict(expected)}")
         return outcome
 
     async def throughput_runs(self) -> None:
@@ -318,7 +331,7 @@ class _Bench:
                     self.progress(f"preloading {size:,} groups")
                     await self.preload(size)
             self.progress(f"throughput: {o.commands:,} commands, {size:,} groups there before")
-            planned = workload.plan(o.commands, self.orgs, f"t{index}")
+            planned = workload.plan(o.commands, self.orgs, self.tag(f"t{index}"))
             outcome = await self.drive(planned)
             per_s = len(planned) / outcome["seconds"]
             by_size[str(size)] = round(per_s, 1)
@@ -330,59 +343,54 @@ class _Bench:
             self.figures["groups_preexisting_change_pct"] = round((large / small - 1) * 100, 1)
 
     async def latency(self) -> None:
-        """Each command's time from its send to its event, at a fixed offered rate."""
+        """Each command's time from its send to its event (and to its result), at a fixed
+        offered rate; the result leg is the consumer's share, the rest is the relay's."""
         o, t = self.options, self.target
         if not o.external:
             await self.reset()
             await self.preload(SMALL_PRELOAD)
         count = max(1, int(o.rate * o.latency_seconds))
         self.progress(f"latency: {count:,} commands at {o.rate:,}/s")
-        planned = workload.plan(count, self.orgs, "l")
-        records = workload.encode(planned)
+        planned = workload.plan(count, self.orgs, self.tag("l"))
         sent: dict[str, float] = {}
-        latencies: list[float] = []
+        to_event: dict[str, float] = {}
+        to_result: dict[str, float] = {}
 
-        def on_event(record: kafka_io.Record, seen_at: float) -> None:
+        def on_record(record: kafka_io.Record, seen_at: float) -> None:
+            if record.topic == t.topic_results:
+                command_id = orjson.loads(record.value)["command_id"]
+                if command_id in sent:
+                    to_result.setdefault(command_id, seen_at - sent[command_id])
+                return
             for key, value in record.headers:
                 if key == "ce_commandid":
-                    at = sent.pop(value.decode(), None)
-                    if at is not None:
-                        latencies.append(seen_at - at)
+                    if (command_id := value.decode()) in sent:
+                        to_event.setdefault(command_id, seen_at - sent[command_id])
                     return
 
-        tail = kafka_io.Tail(t, [t.topic_events], on_event)
+        tail = kafka_io.Tail(t, [t.topic_events, t.topic_results], on_record)
         await tail.start()
         client = kafka_io.producer(t, linger_ms=0)
         await client.start()
+        expected = workload.expected_events(planned)
         try:
             cpu_before = self.cpu_seconds()
             started = time.perf_counter()
-            for index, (p, (key, value)) in enumerate(zip(planned, records, strict=True)):
-                due = started + index / o.rate
-                if (wait := due - time.perf_counter()) > 0:
-                    await asyncio.sleep(wait)
-                if p.eventful:
-                    sent[p.command_id] = time.perf_counter()
-                await client.send(t.topic_commands, value, key=key)
-            offered = count / (time.perf_counter() - started)
-            expected = workload.expected_events(planned)
-            await tail.wait(lambda: len(latencies) >= expected, stall_s=15)
+            offered = await _send_paced(client, t.topic_commands, planned, o.rate, sent)
+            await tail.wait(lambda: len(to_event) >= expected, stall_s=15)
+            elapsed = time.perf_counter() - started
         finally:
             await client.stop()
             await tail.stop()
-        if len(latencies) < expected:
-            self.problem(f"latency: {expected - len(latencies)} of {expected} events never came")
-        if not latencies:
+        if len(to_event) < expected:
+            self.problem(f"latency: {expected - len(to_event)} of {expected} events never came")
+        if not to_event:
             return
-        latencies.sort()
-        self.figures["latency_ms"] = {
-            q: round(latencies[min(len(latencies) - 1, int(len(latencies) * f))] * 1000, 2)
-            for q, f in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
-        } | {"max": round(latencies[-1] * 1000, 2)}
+        self.figures["latency_ms"] = _percentiles_ms(list(to_event.values()))
+        self.figures["latency_to_result_ms"] = _percentiles_ms(list(to_result.values()))
         self.figures["latency_rate"] = o.rate
         self.figures["latency_offered_per_s"] = round(offered, 1)
         if cpu_before is not None:
-            elapsed = time.perf_counter() - started
             cpu = (self.cpu_seconds() or 0.0) - cpu_before
             self.figures["latency_service_cpu_cores"] = round(cpu / elapsed, 2)
 
@@ -412,11 +420,11 @@ class _Bench:
             cpu_cores = (service.cpu_seconds() - cpu_before) / (time.perf_counter() - started)
             unpublished = await self._unpublished_after(5)
         except BaseException:
-            self.report.problems.append(f"relay log tail:\n{service.log_tail()}")
+            self.progress(f"the relay's log ends with:\n{service.log_tail()}")
             raise
         finally:
             await offsets.stop()
-            await service.stop()
+            await service.stop(keep_log=o.keep)
         if seen != o.relay_backlog:
             self.problem(f"relay: {o.relay_backlog} events expected but {seen} published")
         if unpublished:
@@ -460,6 +468,27 @@ class _Bench:
             count,
             now,
         )
+
+
+async def _send_paced(
+    client: Any, topic: str, planned: list[workload.Planned], rate: int, sent: dict[str, float]
+) -> float:
+    """Send at `rate`/s, noting when each eventful command left; the rate achieved."""
+    started = time.perf_counter()
+    for index, (p, (key, value)) in enumerate(zip(planned, workload.encode(planned), strict=True)):
+        if (wait := started + index / rate - time.perf_counter()) > 0:
+            await asyncio.sleep(wait)
+        if p.eventful:
+            sent[p.command_id] = time.perf_counter()
+        await client.send(topic, value, key=key)
+    return len(planned) / (time.perf_counter() - started)
+
+
+def _percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    ordered = sorted(seconds) or [0.0]
+    picks = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+    found = {q: ordered[min(len(ordered) - 1, int(len(ordered) * f))] for q, f in picks.items()}
+    return {q: round(v * 1000, 2) for q, v in (found | {"max": ordered[-1]}).items()}
 
 
 def _ratios(report: Report) -> None:

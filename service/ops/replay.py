@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from faststream.kafka import KafkaBroker
 
 from service.adapters.command_store import SELECT_PROCESSED, CommandStore
 from service.adapters.db import Pool
@@ -36,11 +35,11 @@ from service.ops.common import (
     Progress,
     Record,
     Span,
-    broker,
     database,
     iso,
     millis,
     partitions_of,
+    producer,
     read_span,
     reader,
     span_since,
@@ -138,7 +137,11 @@ class _TallyingPublisher(CommandPublisher):
     commands of the current batch that had been applied before it."""
 
     def __init__(
-        self, kafka: KafkaBroker, settings: Settings, tally: Tally, known: set[tuple[str, str]]
+        self,
+        kafka: AIOKafkaProducer,
+        settings: Settings,
+        tally: Tally,
+        known: set[tuple[str, str]],
     ) -> None:
         super().__init__(kafka, settings)
         self.tally = tally
@@ -203,7 +206,7 @@ async def replay_oneoff(
         async with contextlib.AsyncExitStack() as stack:
             applier = None
             if not dry_run:
-                kafka = await stack.enter_async_context(broker(settings))
+                kafka = await stack.enter_async_context(producer(settings))
                 publisher = _TallyingPublisher(kafka, settings, tally, known)
                 applier = CommandConsumer(
                     CommandStore(pool), publisher, Metrics(), settings.command_max_bytes

@@ -17,11 +17,11 @@ from service.ops.common import (
     QUIET,
     OpsError,
     Progress,
-    broker,
     chunks,
     database,
     iso,
     partitions_of,
+    producer,
 )
 
 EVENT_TYPES = ("group.created", "group.updated", "group.deleted")
@@ -121,7 +121,7 @@ async def republish(
             last = max((row["last"] for row in counts), default=None)
             published = 0
             if not dry_run and counts:
-                async with broker(settings) as kafka:
+                async with producer(settings) as kafka:
                     publisher = EventPublisher(kafka, settings, topic=topic)
                     with progress.task("re-publishing events", sum(by_type.values())) as step:
                         rows = conn.cursor(

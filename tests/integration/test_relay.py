@@ -13,7 +13,7 @@ import orjson
 from pydantic import SecretStr
 
 from service.adapters import outbox_store
-from service.adapters.kafka import EventPublisher, create_broker
+from service.adapters.kafka import EventPublisher, create_producer
 from service.config import Settings
 from service.domain.model import Group, group_json
 from service.observability import Metrics
@@ -152,12 +152,12 @@ async def test_an_event_sent_but_not_marked_is_sent_again_with_the_same_ce_id(
         rows = await outbox_store.unpublished(conn, 100)
     assert len(rows) == 4
     # A relay killed after Kafka's acknowledgement, before it could mark the rows published.
-    broker = create_broker(settings)
-    await broker.start()
+    producer = create_producer(settings)
+    await producer.start()
     try:
-        await EventPublisher(broker, settings).publish(rows)
+        await EventPublisher(producer, settings).publish(rows)
     finally:
-        await broker.stop()
+        await producer.stop()
 
     async with running_relay(settings):
         await wait_published(pool)
