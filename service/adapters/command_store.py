@@ -31,20 +31,29 @@ SELECT pg_advisory_xact_lock(k)
 FROM (SELECT DISTINCT hashtextextended(o, 7) AS k FROM unnest($1::text[]) AS o ORDER BY k) AS keys
 """
 
+# Each lookup is a LATERAL probe of an index per key: a join would let the planner
+# hash the whole table once it has grown, and the cost would grow with it.
 SELECT_PROCESSED = """
 SELECT p.organization_id, p.command_id, p.fingerprint, p.result::text AS result
-FROM processed_commands AS p
-JOIN unnest($1::text[], $2::text[]) AS k(organization_id, command_id)
-  ON p.organization_id = k.organization_id AND p.command_id = k.command_id
+FROM unnest($1::text[], $2::text[]) AS k(organization_id, command_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM processed_commands AS p
+    WHERE p.organization_id = k.organization_id AND p.command_id = k.command_id
+) AS p
 """
 
-SELECT_GROUPS_BY_ID = f"SELECT {GROUP_COLUMNS} FROM customer_groups WHERE id = ANY($1::text[])"
+SELECT_GROUPS_BY_ID = """
+SELECT g.* FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT * FROM customer_groups AS g WHERE g.id = k.id) AS g
+"""
 
 SELECT_LIVE_GROUPS_BY_NAME = """
-SELECT g.* FROM customer_groups AS g
-JOIN unnest($1::text[], $2::text[]) AS k(organization_id, name_key)
-  ON g.organization_id = k.organization_id AND lower(g.name) = k.name_key
-WHERE g.deleted_at IS NULL
+SELECT g.* FROM unnest($1::text[], $2::text[]) AS k(organization_id, name_key)
+CROSS JOIN LATERAL (
+    SELECT * FROM customer_groups AS g
+    WHERE g.organization_id = k.organization_id AND lower(g.name) = k.name_key
+      AND g.deleted_at IS NULL
+) AS g
 """
 
 UPDATE_GROUPS = """

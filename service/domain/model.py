@@ -81,7 +81,8 @@ class Group:
 
 
 def format_time(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds; every time here is UTC (asyncpg returns UTC)."""
+    return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def group_json(group: Group) -> dict[str, Any]:
