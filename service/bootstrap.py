@@ -70,8 +70,9 @@ async def lifespan(
             container.metrics,
             settings.command_max_bytes,
         )
+        pipeline = consumer_entrypoint.Pipeline(consumer)
         if Role.CONSUMER in roles:
-            container.subscriber = consumer_entrypoint.subscribe(broker, settings, consumer)
+            container.subscriber = consumer_entrypoint.subscribe(broker, settings, pipeline)
         document_topics(broker, settings)
         await producer.start()
         await broker.start()
@@ -88,6 +89,9 @@ async def lifespan(
             log.info("customer-groups ready (roles: %s)", ", ".join(sorted(roles)))
             yield container
         finally:
+            if container.subscriber is not None:
+                await container.subscriber.stop()
+            await pipeline.drain(settings.shutdown_timeout_s)
             for task in container.tasks:
                 task.cancel()
             await asyncio.gather(*container.tasks, return_exceptions=True)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import orjson
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -41,6 +43,8 @@ _COMMAND: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 
 # aiokafka's ConsumerRecord is generic only to type checkers.
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Commit: TypeAlias = Callable[[dict[TopicPartition, int]], Awaitable[None]]
+T = TypeVar("T")
 
 # A result must stay small whatever the input: thousands of unknown fields, or one with a
 # huge name, would otherwise make a 422 larger than Kafka accepts, and it could never be sent.
@@ -100,6 +104,15 @@ def _header(record: Record, name: str) -> str | None:
     return None
 
 
+@dataclass(slots=True)
+class Outcome:
+    """A batch applied in PostgreSQL, with what remains to be sent to Kafka."""
+
+    started: float
+    replies: list[Reply | None]
+    dead: list[DeadLetter]
+
+
 class CommandConsumer:
     def __init__(
         self,
@@ -117,52 +130,69 @@ class CommandConsumer:
         self.on_committed: list[asyncio.Event] = []
 
     async def handle_records(self, records: Sequence[Record]) -> None:
-        """Apply a batch, retrying transient failures for as long as it takes, in order.
+        """Apply a batch and send its results."""
+        await (await self.apply_records(records))
 
-        Any other failure is a bug that one record triggers: the batch is retried one
-        record at a time and that record alone is dead-lettered, so the partition moves on."""
+    async def apply_records(self, records: Sequence[Record]) -> Awaitable[None]:
+        """Apply a batch in order and return what sends its results.
+
+        Transient failures are retried for as long as it takes. Any other failure is a bug
+        that one record triggers: the batch is retried one record at a time and that
+        record alone is dead-lettered, so the partition moves on."""
+        try:
+            outcome = await self._retrying(lambda: self._apply(records))
+        except Exception as error:
+            await self._isolate(records, error)
+            return asyncio.sleep(0)
+        return self._deliver(records, outcome)
+
+    async def _retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
         while True:
             try:
-                await self._process(records)
-                return
+                return await operation()
             except Exception as error:
                 if not is_transient(error):
-                    await self._isolate(records, error)
-                    return
+                    raise
                 self._metrics.transient_errors.inc()
                 log.warning("transient failure, retrying in %.1fs: %r", delay, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
 
-    async def _process(self, records: Sequence[Record]) -> None:
-        started = asyncio.get_running_loop().time()
-        replies: list[Reply | None] = [None] * len(records)
+    async def _apply(self, records: Sequence[Record]) -> Outcome:
+        outcome = Outcome(asyncio.get_running_loop().time(), [None] * len(records), [])
         incoming: list[tuple[int, Incoming]] = []
-        dead: list[DeadLetter] = []
         for position, record in enumerate(records):
             parsed = parse_command(record.value, self._max_bytes)
             if not isinstance(parsed, Invalid):
                 incoming.append((position, Incoming(parsed, _header(record, "traceparent"))))
                 continue
             if parsed.malformed:
-                dead.append(DeadLetter(record, parsed.reason, parsed.details))
+                outcome.dead.append(DeadLetter(record, parsed.reason, parsed.details))
             if parsed.command_id and parsed.organization_id:
                 result = CommandResult.rejected(
                     parsed.command_id, parsed.organization_id, InvalidCommand(parsed.details)
                 )
-                replies[position] = self._reply(record, result)
+                outcome.replies[position] = self._reply(record, result)
                 self._metrics.count_command("invalid", result)
         if incoming:
             results = await apply_commands(self._store, [item for _, item in incoming])
             for (position, item), result in zip(incoming, results, strict=True):
-                replies[position] = self._reply(records[position], result)
+                outcome.replies[position] = self._reply(records[position], result)
                 self._metrics.count_command(item.command.type, result)
             for event in self.on_committed:
                 event.set()
-        await self._publisher.send([r for r in replies if r is not None], dead)
-        self._metrics.dead_letters.inc(len(dead))
-        self._metrics.batch_seconds.observe(asyncio.get_running_loop().time() - started)
+        return outcome
+
+    async def _deliver(self, records: Sequence[Record], outcome: Outcome) -> None:
+        replies = [reply for reply in outcome.replies if reply is not None]
+        try:
+            await self._retrying(lambda: self._publisher.send(replies, outcome.dead))
+        except Exception as error:
+            await self._isolate(records, error)
+            return
+        self._metrics.dead_letters.inc(len(outcome.dead))
+        self._metrics.batch_seconds.observe(asyncio.get_running_loop().time() - outcome.started)
 
     async def _isolate(self, records: Sequence[Record], error: Exception) -> None:
         if len(records) > 1:
@@ -176,6 +206,51 @@ class CommandConsumer:
     @staticmethod
     def _reply(record: Record, result: CommandResult) -> Reply:
         return Reply(result, _header(record, "reply_to"), _header(record, "correlation_id"))
+
+
+class Pipeline:
+    """Overlaps a batch's Kafka acknowledgements and offset commit with the next batch's
+    transaction. Offsets are still committed only once a batch's results are acknowledged,
+    and in batch order; at most `depth` batches wait for Kafka at a time."""
+
+    def __init__(self, consumer: CommandConsumer, depth: int = 2) -> None:
+        self._consumer = consumer
+        self._depth = depth
+        self._pending: deque[asyncio.Task[None]] = deque()
+
+    async def feed(self, records: Sequence[Record], commit: Commit) -> None:
+        while len(self._pending) >= self._depth:
+            await asyncio.wait({self._pending[0]})
+        delivery = await self._consumer.apply_records(records)
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
+        previous = self._pending[-1] if self._pending else None
+        task = asyncio.create_task(self._finish(delivery, previous, commit, offsets))
+        self._pending.append(task)
+        task.add_done_callback(self._pending.remove)
+
+    @staticmethod
+    async def _finish(
+        delivery: Awaitable[None],
+        previous: asyncio.Task[None] | None,
+        commit: Commit,
+        offsets: dict[TopicPartition, int],
+    ) -> None:
+        await delivery
+        if previous is not None:
+            await asyncio.wait({previous})
+        try:
+            await commit(offsets)
+        except KafkaError as error:
+            # The partition moved to another consumer (or Kafka is away); whoever reads it
+            # next gets these records again, and their stored results are sent again.
+            log.warning("offsets not committed, the records will be redelivered: %r", error)
+
+    async def drain(self, wait_s: float) -> None:
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=wait_s)
 
 
 async def _parse_batch(
@@ -195,8 +270,8 @@ async def _raw_values(message: RawKafkaMessage) -> list[bytes | None]:
     return [record.value for record in message.raw_message]
 
 
-def subscribe(broker: KafkaBroker, settings: Settings, consumer: CommandConsumer) -> Any:
-    """Register the batch subscriber; FastStream commits offsets after it returns."""
+def subscribe(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> Any:
+    """Register the batch subscriber; the pipeline commits its offsets."""
 
     subscriber = broker.subscriber(
         settings.topic_commands,
@@ -205,8 +280,9 @@ def subscribe(broker: KafkaBroker, settings: Settings, consumer: CommandConsumer
         auto_offset_reset="earliest",
         max_records=settings.command_batch_max,
         batch_timeout_ms=settings.command_batch_timeout_ms,
-        # At-least-once: the offset is committed only after the batch's results were sent.
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        # At-least-once: the pipeline commits a batch's offsets only after its results
+        # were acknowledged (the default ACK_FIRST would commit before processing).
+        ack_policy=AckPolicy.MANUAL,
         parser=_parse_batch,
         decoder=_raw_values,
         no_reply=True,
@@ -219,6 +295,8 @@ def subscribe(broker: KafkaBroker, settings: Settings, consumer: CommandConsumer
 
     @subscriber
     async def on_commands(body: list[bytes | None], message: KafkaMessage) -> None:  # noqa: ARG001
-        await consumer.handle_records(message.raw_message)
+        kafka_consumer = subscriber.consumer
+        assert kafka_consumer is not None  # it is running: it handed over this batch
+        await pipeline.feed(message.raw_message, kafka_consumer.commit)
 
     return subscriber

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from service.adapters.kafka import DeadLetter, Reply
 from service.domain.ports import AnyCommand
-from service.entrypoints.consumer import CommandConsumer
+from service.entrypoints.consumer import CommandConsumer, Pipeline
 from service.observability import Metrics, is_transient
 from tests.unit.fakes import FakeBatch, FakeCommandStore
 
@@ -142,7 +143,8 @@ async def test_results_lost_on_the_way_out_are_sent_again_without_a_second_effec
 
     await consumer(store, publisher).handle_records([record(0, create("c1", "A"))])
 
-    assert store.commits == 2
+    # Only the sending is retried: the batch was committed once.
+    assert store.commits == 1
     assert len(store.groups) == 1
     assert len(store.outbox) == 1
     assert publisher.codes() == {"c1": 201}
@@ -160,3 +162,56 @@ async def test_a_result_kafka_refuses_as_too_large_is_dead_lettered_not_retried_
     assert publisher.replies == []
     assert [(d.record.offset, d.reason) for d in publisher.dead] == [(0, "processing_failed")]
     assert len(store.groups) == 1
+
+
+class GatedPublisher(FakePublisher):
+    """Kafka that acknowledges nothing until the gate opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def send(self, replies: Sequence[Reply], dead: Sequence[DeadLetter] = ()) -> None:
+        await self.gate.wait()
+        await super().send(replies, dead)
+
+
+async def test_the_pipeline_commits_offsets_only_after_results_are_acknowledged_in_order() -> None:
+    store, publisher = FakeCommandStore(), GatedPublisher()
+    committed: list[dict[TopicPartition, int]] = []
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        committed.append(offsets)
+
+    pipeline = Pipeline(consumer(store, publisher), depth=2)
+    await pipeline.feed([record(0, create("c1", "A")), record(1, create("c2", "B"))], commit)
+    await pipeline.feed([record(2, create("c3", "C"))], commit)
+
+    # Both batches are in PostgreSQL while Kafka has acknowledged nothing: nothing is committed.
+    assert store.commits == 2
+    await asyncio.sleep(0.05)
+    assert committed == []
+
+    publisher.gate.set()
+    await pipeline.drain(5)
+    assert committed == [{TopicPartition("commands", 0): 2}, {TopicPartition("commands", 0): 3}]
+    assert publisher.codes() == {"c1": 201, "c2": 201, "c3": 201}
+
+
+async def test_the_pipeline_waits_for_kafka_when_depth_batches_are_unacknowledged() -> None:
+    store, publisher = FakeCommandStore(), GatedPublisher()
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        pass
+
+    pipeline = Pipeline(consumer(store, publisher), depth=1)
+    await pipeline.feed([record(0, create("c1", "A"))], commit)
+    second = asyncio.create_task(pipeline.feed([record(1, create("c2", "B"))], commit))
+    await asyncio.sleep(0.05)
+    assert store.commits == 1
+    assert not second.done()
+
+    publisher.gate.set()
+    await second
+    await pipeline.drain(5)
+    assert store.commits == 2
