@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     database_url: SecretStr = SecretStr(
-        "postgresql://customer_groups:customer_groups@127.0.0.1:55432/customer_groups"
+        "postgresql://customer_groups:customer_groups@127.0.0.1:55432/customer_groups?sslmode=disable"
     )
     database_pool_min: int = Field(default=2, ge=1)
     database_pool_max: int = Field(default=10, ge=1)

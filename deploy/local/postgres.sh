@@ -29,7 +29,7 @@ PG_PASSWORD=customer_groups
 PG_DB=customer_groups
 PG_SUPERUSER_PASSWORD=postgres
 PG_START_TIMEOUT="${PG_START_TIMEOUT:-60}"
-LOCAL_URL="postgresql://$PG_ROLE:$PG_PASSWORD@$PG_HOST:$PG_PORT/$PG_DB"
+LOCAL_URL="postgresql://$PG_ROLE:$PG_PASSWORD@$PG_HOST:$PG_PORT/$PG_DB?sslmode=disable"
 
 # Is the database behind URL accepting connections (and, with psql, our credentials)?
 reachable() {
