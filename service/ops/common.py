@@ -11,7 +11,6 @@ from typing import Any, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream.kafka import KafkaBroker
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -27,7 +26,7 @@ from rich.progress import Progress as RichProgress
 from rich.text import Text
 
 from service.adapters.db import Pool, create_pool
-from service.adapters.kafka import client_options, create_broker
+from service.adapters.kafka import client_options, create_producer
 from service.config import Settings
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
@@ -143,20 +142,9 @@ async def database(settings: Settings) -> AsyncIterator[Pool]:
 
 
 @contextlib.asynccontextmanager
-async def broker(settings: Settings) -> AsyncIterator[KafkaBroker]:
-    """The service's own producer setup (idempotent, acks=all), with no subscribers."""
-    kafka = create_broker(settings)
-    await kafka.start()
-    try:
-        yield kafka
-    finally:
-        await kafka.stop()
-
-
-@contextlib.asynccontextmanager
 async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    """A plain producer, for messages that must carry exactly the headers given."""
-    kafka = AIOKafkaProducer(**client_options(settings), enable_idempotence=True, acks="all")
+    """The service's producer (idempotent, acks=all), for tools that publish."""
+    kafka = create_producer(settings)
     await kafka.start()
     try:
         yield kafka

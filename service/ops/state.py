@@ -15,14 +15,14 @@ from typing import Any
 
 import asyncpg
 import orjson
+from aiokafka import AIOKafkaProducer
 from asyncpg.pool import PoolConnectionProxy
-from faststream.kafka import KafkaBroker
 
 from service.adapters.command_store import GROUP_COLUMNS, group_from_row
 from service.adapters.db import Pool
 from service.config import Settings
 from service.domain.model import Group, group_json
-from service.ops.common import QUIET, Progress, broker, chunks, database, iso, partitions_of
+from service.ops.common import QUIET, Progress, chunks, database, iso, partitions_of, producer
 
 _SELECTION = """
 FROM customer_groups
@@ -71,14 +71,13 @@ class RebuildOutcome:
         }
 
 
-async def _publish(kafka: KafkaBroker, topic: str, groups: Sequence[Group]) -> None:
+async def _publish(kafka: AIOKafkaProducer, topic: str, groups: Sequence[Group]) -> None:
     pending = [
-        await kafka.publish(
-            orjson.dumps(group_json(group)) if group.is_live else None,
+        await kafka.send(
             topic,
+            orjson.dumps(group_json(group)) if group.is_live else None,
             key=group.id.encode(),
-            headers={"content-type": "application/json"},
-            no_confirm=True,
+            headers=[("content-type", b"application/json")],
         )
         for group in groups
     ]
@@ -109,7 +108,7 @@ async def rebuild_state(
         horizon: datetime = await pool.fetchval("SELECT now()") - CLOCK_MARGIN
         recent: dict[str, int] = {}
         published = 0
-        async with broker(settings) as kafka:
+        async with producer(settings) as kafka:
             # One snapshot, so the count the progress bar shows is the rows that follow.
             async with (
                 pool.acquire() as conn,
@@ -140,7 +139,7 @@ async def _count(
 
 async def _catch_up(
     pool: Pool,
-    kafka: KafkaBroker,
+    kafka: AIOKafkaProducer,
     topic: str,
     *,
     orgs: list[str] | None,
