@@ -13,6 +13,7 @@ import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -55,6 +56,30 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+class CachedPartitioner:
+    """Kafka's default key partitioner (murmur2), remembered per key.
+
+    Keys must land where any Kafka client would put them, but aiokafka computes murmur2 in
+    pure Python for every message; organization and group ids repeat, so each is hashed
+    once (the cache is bounded, and emptied when full)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._size = size
+        self._partitions: dict[tuple[bytes, int], int] = {}
+        self._default = DefaultPartitioner()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(self._default(key, all_partitions, available))
+        cached = self._partitions.get((key, len(all_partitions)))
+        if cached is None:
+            if len(self._partitions) >= self._size:
+                self._partitions.clear()
+            cached = int(self._default(key, all_partitions, available))
+            self._partitions[key, len(all_partitions)] = cached
+        return cached
+
+
 def create_producer(settings: Settings) -> AIOKafkaProducer:
     """The producer of results, dead letters and events.
 
@@ -68,6 +93,7 @@ def create_producer(settings: Settings) -> AIOKafkaProducer:
         acks="all",
         linger_ms=1,
         max_batch_size=512 * 1024,
+        partitioner=CachedPartitioner(),
     )
 
 
