@@ -82,6 +82,18 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    def environment(self) -> dict[str, str]:
+        """These settings as the environment variables a child process reads them from."""
+        variables: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            variables[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return variables
+
     @cached_property
     def token_organizations(self) -> dict[str, str]:
         pairs: dict[str, str] = {}

@@ -25,14 +25,7 @@ def service_env(settings: Settings, http_port: int) -> dict[str, str]:
     """The environment that points a service process at the bench's database and topics."""
     return {
         **os.environ,
-        "DATABASE_URL": settings.database_url.get_secret_value(),
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "KAFKA_CONSUMER_GROUP": settings.kafka_consumer_group,
-        "TOPIC_COMMANDS": settings.topic_commands,
-        "TOPIC_RESULTS": settings.topic_results,
-        "TOPIC_EVENTS": settings.topic_events,
-        "TOPIC_DLQ": settings.topic_dlq,
-        "TOPIC_STATE": settings.topic_state,
+        **settings.environment(),
         "HTTP_HOST": "127.0.0.1",
         "HTTP_PORT": str(http_port),
         "LOG_LEVEL": "WARNING",

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from pydantic import SecretStr
 
 from service.config import Settings
 from tests.support import KafkaProbe, command, headers_of
@@ -26,17 +25,7 @@ ROLES = ["--role", "consumer", "--role", "relay"]
 
 
 def service_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            text = value.get_secret_value()
-        else:
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-        env[name.upper()] = text
-    env["LOG_LEVEL"] = "WARNING"
-    return env
+    return {**os.environ, **settings.environment(), "LOG_LEVEL": "WARNING"}
 
 
 def start_service(settings: Settings, log: Path) -> subprocess.Popen[bytes]:

@@ -153,14 +153,7 @@ def relay_process() -> Iterator[list[subprocess.Popen[bytes]]]:
 def start_relay(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "DATABASE_URL": settings.database_url.get_secret_value(),
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "KAFKA_CONSUMER_GROUP": settings.kafka_consumer_group,
-        "TOPIC_COMMANDS": settings.topic_commands,
-        "TOPIC_RESULTS": settings.topic_results,
-        "TOPIC_EVENTS": settings.topic_events,
-        "TOPIC_DLQ": settings.topic_dlq,
-        "TOPIC_STATE": settings.topic_state,
+        **settings.environment(),
         "HTTP_PORT": "0",
         "RELAY_BATCH_SIZE": "100",
         "LOG_LEVEL": "WARNING",
