@@ -82,6 +82,30 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic the service reads or writes."""
+        return (
+            self.topic_commands,
+            self.topic_results,
+            self.topic_events,
+            self.topic_dlq,
+            self.topic_state,
+        )
+
+    def namespaced(self, prefix: str) -> Settings:
+        """A copy whose topics and consumer group are `prefix`'s own (benchmarks, tests)."""
+        return self.model_copy(
+            update={
+                "kafka_consumer_group": f"{prefix}-service",
+                "topic_commands": f"{prefix}.commands",
+                "topic_results": f"{prefix}.command-results",
+                "topic_events": f"{prefix}.events",
+                "topic_dlq": f"{prefix}.commands.dlq",
+                "topic_state": f"{prefix}.state",
+            }
+        )
+
     def environment(self) -> dict[str, str]:
         """These settings as the environment variables a child process reads them from."""
         variables: dict[str, str] = {}

@@ -111,12 +111,6 @@ def make_settings(database_url: str, kafka: str, prefix: str, **overrides: objec
     values: dict[str, object] = {
         "database_url": database_url,
         "kafka_bootstrap_servers": kafka,
-        "kafka_consumer_group": f"{prefix}-service",
-        "topic_commands": f"{prefix}.commands",
-        "topic_results": f"{prefix}.command-results",
-        "topic_events": f"{prefix}.events",
-        "topic_dlq": f"{prefix}.commands.dlq",
-        "topic_state": f"{prefix}.state",
         "topic_partitions_commands": 3,
         "topic_partitions_events": 3,
         "topic_partitions_results": 3,
@@ -125,7 +119,7 @@ def make_settings(database_url: str, kafka: str, prefix: str, **overrides: objec
         "relay_poll_max_s": 0.05,
     }
     values.update(overrides)
-    return Settings.model_validate(values)
+    return Settings.model_validate(values).namespaced(prefix)
 
 
 @pytest.fixture

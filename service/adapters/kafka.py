@@ -177,13 +177,7 @@ class CommandPublisher:
         self._producer = producer
         self._settings = settings
         # Producers may not aim replies into the service's own streams.
-        self._own_topics = {
-            settings.topic_commands,
-            settings.topic_results,
-            settings.topic_events,
-            settings.topic_dlq,
-            settings.topic_state,
-        }
+        self._own_topics = set(settings.topics)
 
     async def send(self, replies: Sequence[Reply], dead: Sequence[DeadLetter] = ()) -> None:
         pending: list[asyncio.Future[Any]] = []

@@ -37,21 +37,7 @@ def _with_database(url: str, name: str) -> str:
 
 
 def bench_settings(settings: Settings, prefix: str, database_url: str) -> Settings:
-    return settings.model_copy(
-        update={
-            "database_url": SecretStr(database_url),
-            "kafka_consumer_group": f"{prefix}-service",
-            "topic_commands": f"{prefix}.commands",
-            "topic_results": f"{prefix}.command-results",
-            "topic_events": f"{prefix}.events",
-            "topic_dlq": f"{prefix}.commands.dlq",
-            "topic_state": f"{prefix}.state",
-        }
-    )
-
-
-def _topics(s: Settings) -> list[str]:
-    return [s.topic_commands, s.topic_results, s.topic_events, s.topic_dlq, s.topic_state]
+    return settings.namespaced(prefix).model_copy(update={"database_url": SecretStr(database_url)})
 
 
 @contextlib.asynccontextmanager
@@ -122,7 +108,7 @@ async def run_bench(
             await migrate(pool)
             if not options.external:
                 await ensure_topics(own)
-                created_topics += _topics(own)
+                created_topics += own.topics
             bench = _Bench(options, own, target, pool, report, progress, prefix)
             if "baselines" not in options.skip:
                 roundtrip = f"{prefix}.roundtrip"

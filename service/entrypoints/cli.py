@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 import uvicorn
 
+from service import bench
 from service.adapters.db import create_pool, migrate
 from service.bootstrap import ALL_ROLES, Role
 from service.config import Settings
+from service.entrypoints import ops
 from service.entrypoints.http import create_app
 from service.observability import configure_logging
 
@@ -78,21 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(handler=_migrate)
 
-    for register in _extensions():
-        register(sub)
+    # Subcommands that live in their own modules.
+    ops.register(sub)
+    bench.register(sub)
     return parser
-
-
-def _extensions() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
-    """Subcommands that live in their own modules (ops tools, benchmark)."""
-    found = []
-    for module_name in ("service.entrypoints.ops", "service.bench"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            continue
-        found.append(module.register)
-    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
