@@ -33,8 +33,7 @@ FROM (SELECT DISTINCT hashtextextended(o, 7) AS k FROM unnest($1::text[]) AS o O
 
 # Each lookup is a LATERAL probe of an index per key: a join would let the planner
 # hash the whole table once it has grown, and the cost would grow with it.
-SELECT_PROCESSED = """
-SELECT p.organization_id, p.command_id, p.fingerprint, p.result::text AS result
+_PROCESSED_BY_KEY = """
 FROM unnest($1::text[], $2::text[]) AS k(organization_id, command_id)
 CROSS JOIN LATERAL (
     SELECT * FROM processed_commands AS p
@@ -42,13 +41,31 @@ CROSS JOIN LATERAL (
 ) AS p
 """
 
-SELECT_GROUPS_BY_ID = """
-SELECT g.* FROM unnest($1::text[]) AS k(id)
-CROSS JOIN LATERAL (SELECT * FROM customer_groups AS g WHERE g.id = k.id) AS g
+SELECT_PROCESSED = f"""
+SELECT p.organization_id, p.command_id, p.fingerprint, p.result::text AS result
+{_PROCESSED_BY_KEY}
 """
 
-SELECT_LIVE_GROUPS_BY_NAME = """
-SELECT g.* FROM unnest($1::text[], $2::text[]) AS k(organization_id, name_key)
+_GROUP_FIELDS = (
+    "g.id, g.name, g.description, g.platform_id, g.version, g.created_at, g.updated_at,"
+    " g.deleted_at"
+)
+
+# Everything a batch reads, in one round trip: its commands' earlier results, then the
+# groups they name by id, then the live groups holding the names they ask for.
+LOAD_BATCH = f"""
+SELECT p.organization_id, p.command_id, p.fingerprint, p.result::text AS result,
+       NULL AS id, NULL AS name, NULL AS description, NULL AS platform_id,
+       NULL::int AS version, NULL::timestamptz AS created_at,
+       NULL::timestamptz AS updated_at, NULL::timestamptz AS deleted_at
+{_PROCESSED_BY_KEY}
+UNION ALL
+SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}
+FROM unnest($3::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT * FROM customer_groups AS g WHERE g.id = k.id) AS g
+UNION ALL
+SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}
+FROM unnest($4::text[], $5::text[]) AS k(organization_id, name_key)
 CROSS JOIN LATERAL (
     SELECT * FROM customer_groups AS g
     WHERE g.organization_id = k.organization_id AND lower(g.name) = k.name_key
@@ -56,33 +73,31 @@ CROSS JOIN LATERAL (
 ) AS g
 """
 
-UPDATE_GROUPS = """
-UPDATE customer_groups AS g
-SET name = u.name, description = u.description, platform_id = u.platform_id,
-    version = u.version, updated_at = u.updated_at, deleted_at = u.deleted_at
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
-            $6::timestamptz[], $7::timestamptz[])
-     AS u(id, name, description, platform_id, version, updated_at, deleted_at)
-WHERE g.id = u.id
-"""
-
-INSERT_GROUPS = f"""
-INSERT INTO customer_groups ({GROUP_COLUMNS})
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-                     $7::timestamptz[], $8::timestamptz[], $9::timestamptz[])
-"""
-
-# unnest yields rows in array order, so outbox ids follow the order the changes were made.
-INSERT_OUTBOX = """
-INSERT INTO outbox (event_type, organization_id, group_id, group_version, command_id,
-                    traceparent, payload, occurred_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-                     $6::text[], $7::json[], $8::timestamptz[])
-"""
-
-INSERT_PROCESSED = """
+# Everything a batch writes, in one round trip. The parts share one snapshot and none
+# reads another's rows; should the parts' order ever trip the name index (a name freed and
+# taken in one batch), the batch is retried one command at a time. unnest yields rows in
+# array order, so outbox ids follow the order the changes were made.
+WRITE_BATCH = f"""
+WITH updated AS (
+    UPDATE customer_groups AS g
+    SET name = u.name, description = u.description, platform_id = u.platform_id,
+        version = u.version, updated_at = u.updated_at, deleted_at = u.deleted_at
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+                $6::timestamptz[], $7::timestamptz[])
+         AS u(id, name, description, platform_id, version, updated_at, deleted_at)
+    WHERE g.id = u.id
+), inserted AS (
+    INSERT INTO customer_groups ({GROUP_COLUMNS})
+    SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                         $13::int[], $14::timestamptz[], $15::timestamptz[], $16::timestamptz[])
+), events AS (
+    INSERT INTO outbox (event_type, organization_id, group_id, group_version, command_id,
+                        traceparent, payload, occurred_at)
+    SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::int[], $21::text[],
+                         $22::text[], $23::json[], $24::timestamptz[])
+)
 INSERT INTO processed_commands (organization_id, command_id, fingerprint, result)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::json[])
+SELECT * FROM unnest($25::text[], $26::text[], $27::text[], $28::json[])
 """
 
 NAME_INDEX = "customer_groups_live_name_key"
@@ -117,32 +132,27 @@ class PostgresBatch(Staging):
 
     async def load(self, commands: Sequence[AnyCommand]) -> None:
         self._size = len(commands)
-        conn = self._conn
-        await conn.execute(LOCK_ORGANIZATIONS, [c.organization_id for c in commands])
-        rows = await conn.fetch(
-            SELECT_PROCESSED,
-            [c.organization_id for c in commands],
-            [c.command_id for c in commands],
-        )
-        for row in rows:
-            result = CommandResult.from_json(row["organization_id"], orjson.loads(row["result"]))
-            key = (row["organization_id"], row["command_id"])
-            self.processed[key] = Processed(row["fingerprint"], result)
-        ids = [c.group_id for c in commands if c.group_id is not None]
-        if ids:
-            for row in await conn.fetch(SELECT_GROUPS_BY_ID, ids):
-                self.remember(group_from_row(row))
-        names = [
+        await self._conn.execute(LOCK_ORGANIZATIONS, [c.organization_id for c in commands])
+        named = [
             name_key(c.organization_id, c.name)
             for c in commands
             if not isinstance(c, DeleteGroup) and c.name is not None
         ]
-        if names:
-            by_name = await conn.fetch(
-                SELECT_LIVE_GROUPS_BY_NAME, [o for o, _ in names], [n for _, n in names]
-            )
-            for row in by_name:
+        rows = await self._conn.fetch(
+            LOAD_BATCH,
+            [c.organization_id for c in commands],
+            [c.command_id for c in commands],
+            [c.group_id for c in commands if c.group_id is not None],
+            [organization for organization, _ in named],
+            [name for _, name in named],
+        )
+        for row in rows:
+            if row["id"] is not None:
                 self.remember(group_from_row(row))
+                continue
+            result = CommandResult.from_json(row["organization_id"], orjson.loads(row["result"]))
+            key = (row["organization_id"], row["command_id"])
+            self.processed[key] = Processed(row["fingerprint"], result)
 
     async def flush(self) -> Rejected | None:
         """Write what the batch changed; the caller's transaction commits it.
@@ -152,73 +162,56 @@ class PostgresBatch(Staging):
         one command qualifies: in a larger one, redeliveries write no record, so which command
         the reason belongs to is not known here; its caller retries the commands one by one."""
         if self._size != 1 or not self.changed:
-            await self._write_changes()
-            await self._write_processed()
+            await self._write()
             return None
         try:
             async with self._conn.transaction():
-                await self._write_changes()
+                await self._write()
         except asyncpg.UniqueViolationError as error:
             reason = conflict_reason(error, self)
             if reason is None:
                 raise
             self.reject_all(reason)
-        else:
-            reason = None
-        await self._write_processed()
-        return reason
+            await self._write()
+            return reason
+        return None
 
-    async def _write_changes(self) -> None:
-        updated = [g for g in self.changed.values() if g.id not in self.new_ids]
-        inserted = [g for g in self.changed.values() if g.id in self.new_ids]
-        conn = self._conn
-        if updated:
-            await conn.execute(
-                UPDATE_GROUPS,
-                [g.id for g in updated],
-                [g.name for g in updated],
-                [g.description for g in updated],
-                [g.platform_id for g in updated],
-                [g.version for g in updated],
-                [g.updated_at for g in updated],
-                [g.deleted_at for g in updated],
-            )
-        if inserted:
-            await conn.execute(
-                INSERT_GROUPS,
-                [g.id for g in inserted],
-                [g.organization_id for g in inserted],
-                [g.name for g in inserted],
-                [g.description for g in inserted],
-                [g.platform_id for g in inserted],
-                [g.version for g in inserted],
-                [g.created_at for g in inserted],
-                [g.updated_at for g in inserted],
-                [g.deleted_at for g in inserted],
-            )
-        if self.outbox:
-            events = [r.event for r in self.outbox]
-            await conn.execute(
-                INSERT_OUTBOX,
-                [e.type for e in events],
-                [e.group.organization_id for e in events],
-                [e.group.id for e in events],
-                [e.group.version for e in events],
-                [r.command_id for r in self.outbox],
-                [r.traceparent for r in self.outbox],
-                [_json(e.payload()) for e in events],
-                [r.occurred_at for r in self.outbox],
-            )
-
-    async def _write_processed(self) -> None:
-        if self.records:
-            await self._conn.execute(
-                INSERT_PROCESSED,
-                [c.organization_id for c, _ in self.records],
-                [c.command_id for c, _ in self.records],
-                [p.fingerprint for _, p in self.records],
-                [_json(p.result.to_json()) for _, p in self.records],
-            )
+    async def _write(self) -> None:
+        changed = self.changed.values()
+        updated = [g for g in changed if g.id not in self.new_ids]
+        inserted = [g for g in changed if g.id in self.new_ids]
+        events = [r.event for r in self.outbox]
+        await self._conn.execute(
+            WRITE_BATCH,
+            [g.id for g in updated],
+            [g.name for g in updated],
+            [g.description for g in updated],
+            [g.platform_id for g in updated],
+            [g.version for g in updated],
+            [g.updated_at for g in updated],
+            [g.deleted_at for g in updated],
+            [g.id for g in inserted],
+            [g.organization_id for g in inserted],
+            [g.name for g in inserted],
+            [g.description for g in inserted],
+            [g.platform_id for g in inserted],
+            [g.version for g in inserted],
+            [g.created_at for g in inserted],
+            [g.updated_at for g in inserted],
+            [g.deleted_at for g in inserted],
+            [e.type for e in events],
+            [e.group.organization_id for e in events],
+            [e.group.id for e in events],
+            [e.group.version for e in events],
+            [r.command_id for r in self.outbox],
+            [r.traceparent for r in self.outbox],
+            [_json(e.payload()) for e in events],
+            [r.occurred_at for r in self.outbox],
+            [c.organization_id for c, _ in self.records],
+            [c.command_id for c, _ in self.records],
+            [p.fingerprint for _, p in self.records],
+            [_json(p.result.to_json()) for _, p in self.records],
+        )
 
     def reject_all(self, reason: Rejected) -> None:
         """Keep only the processed records, now saying `reason` (for a lone conflicting command)."""

@@ -14,16 +14,7 @@ from typing import Any
 
 import orjson
 
-from service.adapters.command_store import (
-    INSERT_GROUPS,
-    INSERT_OUTBOX,
-    INSERT_PROCESSED,
-    LOCK_ORGANIZATIONS,
-    SELECT_GROUPS_BY_ID,
-    SELECT_LIVE_GROUPS_BY_NAME,
-    SELECT_PROCESSED,
-    UPDATE_GROUPS,
-)
+from service.adapters.command_store import LOAD_BATCH, LOCK_ORGANIZATIONS, WRITE_BATCH
 from service.adapters.db import Connection, Pool
 from service.bench.workload import CODES, Planned
 from service.domain.model import Group, group_json
@@ -69,32 +60,44 @@ def rows_for(planned: Sequence[Planned]) -> list[Rows]:
     return made
 
 
-def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    return [list(column) for column in zip(*rows, strict=True)]
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
 
 
 def _updated(group: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A group row in UPDATE_GROUPS's column order."""
+    """A group row in WRITE_BATCH's column order for updates."""
     id_, _, name, description, platform_id, version, _, updated_at, deleted_at = group
     return id_, name, description, platform_id, version, updated_at, deleted_at
 
 
+async def _load_and_write(conn: Connection, batch: Sequence[Rows]) -> None:
+    """The statements the service runs for a batch, with each group written once."""
+    created = {r.planned.group_id for r in batch if r.planned.kind == "create"}
+    final = {r.planned.group_id: r.group for r in batch if r.planned.kind != "conflict"}
+    commands = [r.planned for r in batch]
+    named = [p for p in commands if p.kind != "delete"]
+    await conn.execute(LOCK_ORGANIZATIONS, [p.organization_id for p in commands])
+    await conn.fetch(
+        LOAD_BATCH,
+        [p.organization_id for p in commands],
+        [p.command_id for p in commands],
+        [p.group_id for p in commands],
+        [p.organization_id for p in named],
+        [p.name.lower() for p in named],
+    )
+    await conn.execute(
+        WRITE_BATCH,
+        *_columns([_updated(g) for gid, g in final.items() if gid not in created], 7),
+        *_columns([g for gid, g in final.items() if gid in created], 9),
+        *_columns([r.outbox for r in batch if r.planned.eventful], 8),
+        *_columns([r.processed for r in batch], 4),
+    )
+
+
 async def _one(conn: Connection, r: Rows) -> None:
-    """One command in its own transaction, one statement at a time, as a naive service would."""
-    p = r.planned
+    """One command in its own transaction, as a service without batching would."""
     async with conn.transaction():
-        await conn.execute(LOCK_ORGANIZATIONS, [p.organization_id])
-        await conn.fetch(SELECT_PROCESSED, [p.organization_id], [p.command_id])
-        await conn.fetch(SELECT_GROUPS_BY_ID, [p.group_id])
-        if p.kind != "delete":
-            await conn.fetch(SELECT_LIVE_GROUPS_BY_NAME, [p.organization_id], [p.name.lower()])
-        if p.kind == "create":
-            await conn.execute(INSERT_GROUPS, *_columns([r.group]))
-        elif p.kind != "conflict":
-            await conn.execute(UPDATE_GROUPS, *_columns([_updated(r.group)]))
-        if p.eventful:
-            await conn.execute(INSERT_OUTBOX, *_columns([r.outbox]))
-        await conn.execute(INSERT_PROCESSED, *_columns([r.processed]))
+        await _load_and_write(conn, [r])
 
 
 async def transactions_per_s(
@@ -124,41 +127,11 @@ async def transactions_per_s(
     return done / (time.perf_counter() - started)
 
 
-async def _batch(conn: Connection, batch: Sequence[Rows]) -> None:
-    """The statements the service runs for a batch, with each group written once."""
-    created = {r.planned.group_id for r in batch if r.planned.kind == "create"}
-    final = {r.planned.group_id: r.group for r in batch if r.planned.kind != "conflict"}
-    inserted = [g for gid, g in final.items() if gid in created]
-    updated = [_updated(g) for gid, g in final.items() if gid not in created]
-    commands = [r.planned for r in batch]
-    named = [p for p in commands if p.kind != "delete"]
-    async with conn.transaction():
-        await conn.execute(LOCK_ORGANIZATIONS, [p.organization_id for p in commands])
-        await conn.fetch(
-            SELECT_PROCESSED,
-            [p.organization_id for p in commands],
-            [p.command_id for p in commands],
-        )
-        await conn.fetch(SELECT_GROUPS_BY_ID, [p.group_id for p in commands])
-        await conn.fetch(
-            SELECT_LIVE_GROUPS_BY_NAME,
-            [p.organization_id for p in named],
-            [p.name.lower() for p in named],
-        )
-        if updated:
-            await conn.execute(UPDATE_GROUPS, *_columns(updated))
-        if inserted:
-            await conn.execute(INSERT_GROUPS, *_columns(inserted))
-        events = [r.outbox for r in batch if r.planned.eventful]
-        if events:
-            await conn.execute(INSERT_OUTBOX, *_columns(events))
-        await conn.execute(INSERT_PROCESSED, *_columns([r.processed for r in batch]))
-
-
 async def batch_rows_per_s(pool: Pool, rows: Sequence[Rows], batch_size: int = 500) -> float:
     """Commands/s written set-based, `batch_size` per transaction, on one connection."""
     async with pool.acquire() as conn:
         started = time.perf_counter()
         for start in range(0, len(rows), batch_size):
-            await _batch(conn, rows[start : start + batch_size])
+            async with conn.transaction():
+                await _load_and_write(conn, rows[start : start + batch_size])
         return len(rows) / (time.perf_counter() - started)

@@ -258,9 +258,11 @@ async def _parse_batch(
     original: Callable[[tuple[Record, ...]], Awaitable[RawKafkaMessage]],
 ) -> RawKafkaMessage:
     """FastStream decodes every header as UTF-8 and fails the whole batch, again on each
-    redelivery, when one is null or not UTF-8; it is shown records without headers, and the
-    handler reads the untouched records, whose headers it decodes leniently."""
-    message = await original(tuple(dataclasses.replace(r, headers=[]) for r in records))
+    redelivery, when one is null or not UTF-8. It is shown only the first and last records
+    (all it reads besides bodies and headers), without headers; the handler reads the
+    untouched records, whose headers it decodes leniently."""
+    ends = (records[0], records[-1])
+    message = await original(tuple(dataclasses.replace(r, headers=[]) for r in ends))
     message.raw_message = records
     return message
 
