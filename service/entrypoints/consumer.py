@@ -1,8 +1,8 @@
 """The command consumer: Kafka records in, results (and dead letters) out.
 
 It only translates: records become commands, commands go to the handlers, results go
-back to Kafka. Offsets are committed by FastStream after this returns, so a crash at any
-point before that means redelivery, which the processed-commands table makes harmless."""
+back to Kafka. Offsets are committed once a batch's results are acknowledged, so a crash at
+any point before that means redelivery, which the processed-commands table makes harmless."""
 
 from __future__ import annotations
 
@@ -200,7 +200,8 @@ class CommandConsumer:
                 await self.handle_records([record])
             return
         log.error("dead-lettering a command that failed: %r", error, exc_info=error)
-        await self._publisher.send([], [DeadLetter(records[0], "processing_failed", repr(error))])
+        letter = DeadLetter(records[0], "processing_failed", repr(error))
+        await self._retrying(lambda: self._publisher.send([], [letter]))
         self._metrics.dead_letters.inc()
 
     @staticmethod
@@ -217,10 +218,16 @@ class Pipeline:
         self._consumer = consumer
         self._depth = depth
         self._pending: deque[asyncio.Task[None]] = deque()
+        self._failure: BaseException | None = None
 
     async def feed(self, records: Sequence[Record], commit: Commit) -> None:
         while len(self._pending) >= self._depth:
             await asyncio.wait({self._pending[0]})
+        if self._failure is not None:
+            # Nothing fetched after a failed batch may be committed, or that batch is lost.
+            raise RuntimeError("the command pipeline stopped; restart the service") from (
+                self._failure
+            )
         delivery = await self._consumer.apply_records(records)
         offsets: dict[TopicPartition, int] = {}
         for record in records:
@@ -231,16 +238,24 @@ class Pipeline:
         self._pending.append(task)
         task.add_done_callback(self._pending.remove)
 
-    @staticmethod
     async def _finish(
+        self,
         delivery: Awaitable[None],
         previous: asyncio.Task[None] | None,
         commit: Commit,
         offsets: dict[TopicPartition, int],
     ) -> None:
-        await delivery
+        try:
+            await delivery
+        except Exception as error:
+            log.critical("a batch's results were not sent; restart the service", exc_info=error)
+            self._failure = self._failure or error
         if previous is not None:
-            await asyncio.wait({previous})
+            await previous
+        if self._failure is not None:
+            # Committing these offsets, or any later ones, would skip a batch whose results
+            # were never sent; they stay uncommitted, and a restart redelivers them.
+            return
         try:
             await commit(offsets)
         except KafkaError as error:

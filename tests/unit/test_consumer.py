@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
@@ -176,6 +177,10 @@ class GatedPublisher(FakePublisher):
         await super().send(replies, dead)
 
 
+async def ignore(offsets: dict[TopicPartition, int]) -> None:
+    pass
+
+
 async def test_the_pipeline_commits_offsets_only_after_results_are_acknowledged_in_order() -> None:
     store, publisher = FakeCommandStore(), GatedPublisher()
     committed: list[dict[TopicPartition, int]] = []
@@ -201,12 +206,9 @@ async def test_the_pipeline_commits_offsets_only_after_results_are_acknowledged_
 async def test_the_pipeline_waits_for_kafka_when_depth_batches_are_unacknowledged() -> None:
     store, publisher = FakeCommandStore(), GatedPublisher()
 
-    async def commit(offsets: dict[TopicPartition, int]) -> None:
-        pass
-
     pipeline = Pipeline(consumer(store, publisher), depth=1)
-    await pipeline.feed([record(0, create("c1", "A"))], commit)
-    second = asyncio.create_task(pipeline.feed([record(1, create("c2", "B"))], commit))
+    await pipeline.feed([record(0, create("c1", "A"))], ignore)
+    second = asyncio.create_task(pipeline.feed([record(1, create("c2", "B"))], ignore))
     await asyncio.sleep(0.05)
     assert store.commits == 1
     assert not second.done()
@@ -215,3 +217,20 @@ async def test_the_pipeline_waits_for_kafka_when_depth_batches_are_unacknowledge
     await second
     await pipeline.drain(5)
     assert store.commits == 2
+
+
+async def test_after_a_batch_fails_beyond_isolation_nothing_later_is_committed() -> None:
+    store = FakeCommandStore()
+    publisher = FakePublisher(failures=[RuntimeError("unforeseen")] * 3)
+    committed: list[dict[TopicPartition, int]] = []
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        committed.append(offsets)
+
+    pipeline = Pipeline(consumer(store, publisher))
+    await pipeline.feed([record(0, create("c1", "A"))], commit)
+    await asyncio.sleep(0.05)
+    with pytest.raises(RuntimeError, match="pipeline stopped"):
+        await pipeline.feed([record(1, create("c2", "B"))], commit)
+    await pipeline.drain(1)
+    assert committed == []
