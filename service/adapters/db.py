@@ -26,9 +26,14 @@ async def create_pool(settings: Settings, *, min_size: int | None = None) -> Poo
         max_size=settings.database_pool_max,
         ssl=settings.postgres_ssl(),
         command_timeout=60,
-        # Array and LIMIT parameters decide the right plan (index probes, not scans); a
-        # cached generic plan does not know them and picks scans as the tables grow.
-        server_settings={"plan_cache_mode": "force_custom_plan"},
+        server_settings={
+            # Array and LIMIT parameters decide the right plan (index probes, not scans); a
+            # cached generic plan does not know them and picks scans as the tables grow.
+            "plan_cache_mode": "force_custom_plan",
+            # A batch's lookups are index probes that take milliseconds; starting parallel
+            # workers for them (the planner will, for large batches) costs more than it saves.
+            "max_parallel_workers_per_gather": "0",
+        },
     )
 
 

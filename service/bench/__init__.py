@@ -61,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"{defaults.baseline_seconds:g}",
     )
     bench.add_argument(
+        "--instances",
+        type=int,
+        help="service processes sharing the command partitions (one relay leads), default "
+        f"{defaults.instances}",
+    )
+    bench.add_argument(
         "--external",
         action="store_true",
         help="drive the service already running with this environment's settings "
@@ -85,6 +91,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
             "relay_backlog",
             "preload",
             "baseline_seconds",
+            "instances",
         )
         if getattr(args, name) is not None
     }
@@ -97,6 +104,9 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     options = options_from(args)
     if options.external and options.preload:
         print("--preload needs the bench's own database; not with --external", file=sys.stderr)
+        return 2
+    if options.instances < 1:
+        print("--instances must be at least 1", file=sys.stderr)
         return 2
 
     logging.getLogger("service").setLevel(logging.WARNING)

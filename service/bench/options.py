@@ -17,6 +17,7 @@ class BenchOptions:
     relay_backlog: int = 200_000
     preload: int = 0
     baseline_seconds: float = 10
+    instances: int = 1
     external: bool = False
     keep: bool = False
     skip: frozenset[str] = frozenset()

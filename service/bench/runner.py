@@ -94,6 +94,7 @@ async def run_bench(
         "latency_seconds": options.latency_seconds,
         "relay_backlog": options.relay_backlog,
         "preload": options.preload,
+        "instances": 0 if options.external else options.instances,
     }
     admin_url = settings.database_url.get_secret_value()
     database = f"customer_groups_bench_{run_id}"
@@ -148,7 +149,7 @@ class _Bench:
     progress: Progress
     prefix: str
     orgs: list[str] = field(init=False)
-    service: ServiceProcess | None = None
+    services: list[ServiceProcess] = field(default_factory=list)
     peak_rss_mb: float = 0.0
 
     def __post_init__(self) -> None:
@@ -216,33 +217,38 @@ class _Bench:
         wanted = [p for p in ("throughput", "latency") if p not in o.skip]
         if not wanted:
             return
-        service = self.service = None if o.external else ServiceProcess(self.target)
+        instances = 0 if o.external else o.instances
+        self.services = [ServiceProcess(self.target) for _ in range(instances)]
         try:
-            if service is not None:
-                await service.start()
+            await asyncio.gather(*(service.start() for service in self.services))
+            for service in self.services:
                 self.progress(f"service started (pid {service.pid}, log {service.log_path})")
-                self.figures["service_pid"] = service.pid
+            self.figures["service_pids"] = [service.pid for service in self.services]
             await self.warm_up()
             if "throughput" in wanted:
                 await self.throughput_runs()
             if "latency" in wanted:
                 await self.latency()
         except BaseException:
-            if service is not None:
-                self.progress(f"the service's log ends with:\n{service.log_tail()}")
+            for service in self.services:
+                self.progress(f"the log of service {service.pid} ends with:\n{service.log_tail()}")
             raise
         finally:
-            if service is not None:
-                await service.stop(keep_log=o.keep)
+            await asyncio.gather(*(service.stop(keep_log=o.keep) for service in self.services))
+            for service in self.services:
                 self.peak_rss_mb = max(self.peak_rss_mb, service.peak_rss_mb)
+            if self.services:
                 self.figures["rss_mb"] = round(self.peak_rss_mb, 1)
-                self.service = None
+            self.services = []
 
     def cpu_seconds(self) -> float | None:
-        return None if self.service is None else self.service.cpu_seconds()
+        """CPU time all service processes have used so far."""
+        if not self.services:
+            return None
+        return sum(service.cpu_seconds() for service in self.services)
 
     async def warm_up(self) -> None:
-        """Until the service answers (its consumer owns the partitions), nothing is timed."""
+        """Until the service answers (its consumers own the partitions), nothing is timed."""
         planned = workload.plan(20, [f"{self.orgs[0]}-warmup"], self.tag("w"))
         if not (await self.drive(planned, stall_s=90))["complete"]:
             raise RuntimeError("the service did not answer the warm-up commands")
