@@ -31,13 +31,16 @@ SELECT pg_advisory_xact_lock(k)
 FROM (SELECT DISTINCT hashtextextended(o, 7) AS k FROM unnest($1::text[]) AS o ORDER BY k) AS keys
 """
 
-# Each lookup is a LATERAL probe of an index per key: a join would let the planner
-# hash the whole table once it has grown, and the cost would grow with it.
+# Each lookup is a LATERAL probe of an index per key: a join would let the planner hash
+# the whole table (and spill it to disk) once it has grown, and the cost would grow with it.
+# LIMIT 1 (each key matches at most one row) keeps the planner from turning a probe back
+# into a join.
 _PROCESSED_BY_KEY = """
 FROM unnest($1::text[], $2::text[]) AS k(organization_id, command_id)
 CROSS JOIN LATERAL (
     SELECT * FROM processed_commands AS p
     WHERE p.organization_id = k.organization_id AND p.command_id = k.command_id
+    LIMIT 1
 ) AS p
 """
 
@@ -62,7 +65,7 @@ SELECT p.organization_id, p.command_id, p.fingerprint, p.result::text AS result,
 UNION ALL
 SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}
 FROM unnest($3::text[]) AS k(id)
-CROSS JOIN LATERAL (SELECT * FROM customer_groups AS g WHERE g.id = k.id) AS g
+CROSS JOIN LATERAL (SELECT * FROM customer_groups AS g WHERE g.id = k.id LIMIT 1) AS g
 UNION ALL
 SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}
 FROM unnest($4::text[], $5::text[]) AS k(organization_id, name_key)
@@ -70,6 +73,7 @@ CROSS JOIN LATERAL (
     SELECT * FROM customer_groups AS g
     WHERE g.organization_id = k.organization_id AND lower(g.name) = k.name_key
       AND g.deleted_at IS NULL
+    LIMIT 1
 ) AS g
 """
 

@@ -135,6 +135,7 @@ async def run_bench(
 class _Seen:
     results: int = 0
     events: int = 0
+    last_result: float = 0.0
     last_event: float = 0.0
     codes: Counter[int] = field(default_factory=Counter)
 
@@ -270,6 +271,7 @@ class _Bench:
                 if record.key in orgs:
                     seen.codes[orjson.loads(record.value)["code"]] += 1
                     seen.results += 1
+                    seen.last_result = seen_at
             elif record.key in groups:
                 seen.events += 1
                 seen.last_event = seen_at
@@ -294,6 +296,8 @@ class _Bench:
             "complete": complete,
             "seconds": max(seen.last_event, produced) - started,
             "produce_seconds": produced - started,
+            # The consumer's share: the last result came this long after the first command.
+            "results_seconds": max(seen.last_result, produced) - started,
             "results": seen.results,
             "events": seen.events,
             "events_expected": events_expected,
