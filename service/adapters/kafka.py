@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -80,6 +80,9 @@ class CachedPartitioner:
         return cached
 
 
+PARTITIONER = CachedPartitioner()
+
+
 def create_producer(settings: Settings) -> AIOKafkaProducer:
     """The producer of results, dead letters and events.
 
@@ -93,8 +96,40 @@ def create_producer(settings: Settings) -> AIOKafkaProducer:
         acks="all",
         linger_ms=1,
         max_batch_size=512 * 1024,
-        partitioner=CachedPartitioner(),
+        partitioner=PARTITIONER,
     )
+
+
+Message: TypeAlias = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
+
+
+async def send_batches(
+    producer: AIOKafkaProducer, topic: str, messages: Iterable[Message]
+) -> list[asyncio.Future[Any]]:
+    """Queue keyed messages as one record batch per partition, in order; the futures are
+    done once Kafka has acknowledged them.
+
+    Same result as `send` per message, without its per-message future and metadata
+    lookup, which took a third of the relay's CPU."""
+    partitions = sorted(await producer.partitions_for(topic))
+    batches: dict[int, Any] = {}
+    sent: list[asyncio.Future[Any]] = []
+    for key, value, headers in messages:
+        partition = PARTITIONER(key, partitions, partitions)
+        record = {"key": key, "value": value, "timestamp": None, "headers": headers}
+        batch = batches.get(partition)
+        if batch is not None and batch.append(**record):
+            continue
+        if batch is not None:
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
+        batch = batches[partition] = producer.create_batch()
+        if not batch.append(**record):
+            # Larger than a whole batch: `send` sizes a batch to fit it.
+            del batches[partition]
+            sent.append(await producer.send(topic, value, key, partition, headers=headers))
+    for partition, batch in batches.items():
+        sent.append(await producer.send_batch(batch, topic, partition=partition))
+    return sent
 
 
 def create_broker(settings: Settings) -> KafkaBroker:
@@ -296,14 +331,14 @@ class EventPublisher:
     async def publish(self, rows: Sequence[OutboxRow], *, state_only: bool = False) -> None:
         """Returns once Kafka has acknowledged every row; raises if any was not."""
         pending: list[asyncio.Future[Any]] = []
-        send = self._producer.send
-        for row in rows:
-            key = row.group_id.encode()
-            if not state_only:
-                headers = cloudevent_headers(row, self._source)
-                pending.append(await send(self._topic, row.payload.encode(), key, headers=headers))
-            if self._state_topic:
-                value = state_value(row)
-                pending.append(await send(self._state_topic, value, key, headers=[_JSON_CONTENT]))
+        if not state_only:
+            events = [
+                (row.group_id.encode(), row.payload.encode(), cloudevent_headers(row, self._source))
+                for row in rows
+            ]
+            pending += await send_batches(self._producer, self._topic, events)
+        if self._state_topic:
+            states = [(row.group_id.encode(), state_value(row), [_JSON_CONTENT]) for row in rows]
+            pending += await send_batches(self._producer, self._state_topic, states)
         if pending:
             await asyncio.gather(*pending)

@@ -98,8 +98,26 @@ class OutboxRow:
         )
 
 
+# The leader's session settings; its connection is reset when it goes back to the pool.
+LEADER_SETTINGS = """
+SET synchronous_commit = off;
+SET enable_bitmapscan = off;
+SET enable_seqscan = off;
+"""
+
+
 async def try_lead(conn: Connection) -> bool:
-    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK))
+    """Take the relay's lock if it is free, and set the leader's session up.
+
+    Its marks need not wait for their WAL flush: a mark lost in a crash only means those
+    rows are published again, with the same ids, which consumers must accept anyway. Its
+    read is a walk of the unpublished index in id order; statistics taken before a burst
+    (after a Kafka outage, say) make the planner collect and sort the whole backlog instead,
+    which took 100 ms per batch with 200,000 rows waiting, against 1 ms for the walk."""
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+        return False
+    await conn.execute(LEADER_SETTINGS)
+    return True
 
 
 async def unpublished(conn: Connection, limit: int) -> list[OutboxRow]:
