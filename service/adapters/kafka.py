@@ -215,30 +215,25 @@ class CommandPublisher:
         self._own_topics = set(settings.topics)
 
     async def send(self, replies: Sequence[Reply], dead: Sequence[DeadLetter] = ()) -> None:
-        pending: list[asyncio.Future[Any]] = []
+        pending = [await self._dead_letter(letter) for letter in dead]
+        results: list[Message] = []
         extra: list[Coroutine[Any, Any, None]] = []
-        for letter in dead:
-            pending.append(await self._dead_letter(letter))
         for reply in replies:
             body = orjson.dumps(reply.result.to_json())
             key = reply.result.organization_id.encode()
-            pending.append(await self._publish(body, self._settings.topic_results, key, reply))
+            results.append((key, body, _headers(reply)))
             if reply.reply_to and reply.reply_to not in self._own_topics:
                 extra.append(self._reply_to(body, key, reply))
+        pending += await send_batches(self._producer, self._settings.topic_results, results)
         if pending:
             await asyncio.gather(*pending)
         if extra:
             await asyncio.gather(*extra)
 
-    async def _publish(self, body: bytes, topic: str, key: bytes, reply: Reply) -> Any:
-        headers = [_JSON_CONTENT]
-        if reply.correlation_id is not None:
-            headers.append(("correlation_id", reply.correlation_id.encode()))
-        return await self._producer.send(topic, body, key=key, headers=headers)
-
     async def _reply_to(self, body: bytes, key: bytes, reply: Reply) -> None:
         async def publish() -> None:
-            await (await self._publish(body, str(reply.reply_to), key, reply))
+            topic = str(reply.reply_to)
+            await (await self._producer.send(topic, body, key=key, headers=_headers(reply)))
 
         try:
             await asyncio.wait_for(publish(), REPLY_TO_TIMEOUT_S)
@@ -281,6 +276,13 @@ class CommandPublisher:
 
 
 _JSON_CONTENT = ("content-type", b"application/json")
+
+
+def _headers(reply: Reply) -> list[tuple[str, bytes]]:
+    headers = [_JSON_CONTENT]
+    if reply.correlation_id is not None:
+        headers.append(("correlation_id", reply.correlation_id.encode()))
+    return headers
 
 
 def cloudevent_headers(row: OutboxRow, source: bytes) -> list[tuple[str, bytes]]:
