@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import sys
 from collections.abc import Callable, Sequence
 
@@ -34,6 +35,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
+    # Each batch allocates thousands of short-lived objects; at Python's default threshold
+    # (700) the cycle collector ran so often that it took 12% of the consumer's CPU.
+    gc.set_threshold(10_000, 10, 10)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve())
     return 0 if server.started else 1

@@ -18,6 +18,9 @@ def test_times_are_rfc3339_utc_with_microseconds() -> None:
         "2026-11-22T10:30:00.123456Z"
     )
     assert format_time(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000000Z"
+    for fraction, text in ((5, "000005"), (100_000, "100000"), (999_999, "999999")):
+        at = datetime(1999, 12, 31, 23, 59, 59, fraction, tzinfo=UTC)
+        assert format_time(at) == f"1999-12-31T23:59:59.{text}Z"
 
 
 def test_group_json_has_exactly_the_contract_fields() -> None:
