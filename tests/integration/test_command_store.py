@@ -13,7 +13,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service.adapters.command_store import NAME_INDEX, CommandStore, PostgresBatch, group_from_row
+from service.adapters.command_store import (
+    LOAD_BATCH,
+    NAME_INDEX,
+    CommandStore,
+    PostgresBatch,
+    group_from_row,
+)
 from service.config import Settings
 from service.domain.model import group_json
 from service.domain.ports import AnyCommand
@@ -425,3 +431,17 @@ async def test_groups_read_back_as_they_were_written(
     [result] = await apply(store, create("Été 🎉", description="d" * 500, platform_id="p" * 255))
     [row] = (await groups(pool)).values()
     assert group_json(group_from_row(row)) == result.group
+
+
+async def test_a_large_batch_still_probes_the_indexes(pool: asyncpg.Pool) -> None:
+    keys = [f"k{n}" for n in range(500)]
+    plan = "\n".join(
+        r[0]
+        for r in await pool.fetch(
+            "EXPLAIN " + LOAD_BATCH, ["org_a"] * 500, keys, keys, ["org_a"] * 500, keys
+        )
+    )
+    # A join here would read (hash, sort, spill) whole tables as they grow.
+    assert "Hash" not in plan and "Merge" not in plan and "Seq Scan" not in plan, plan
+    for index in ("processed_commands_pkey", "customer_groups_pkey", NAME_INDEX):
+        assert f"Index Scan using {index}" in plan, plan

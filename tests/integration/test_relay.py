@@ -13,6 +13,7 @@ import orjson
 from pydantic import SecretStr
 
 from service.adapters import outbox_store
+from service.adapters.db import create_pool
 from service.adapters.kafka import EventPublisher, create_producer
 from service.config import Settings
 from service.domain.model import Group, group_json
@@ -262,3 +263,50 @@ async def test_pruner_deletes_only_rows_published_longer_ago_than_retention(
     left = {r["id"] for r in await pool.fetch("SELECT id FROM outbox")}
     assert left == {published_lately, never_published, recent}
     assert await pool.fetchval("SELECT count(*) FROM processed_commands") == 5
+
+
+async def test_the_leaders_session_settings_go_back_with_its_connection(
+    settings: Settings,
+) -> None:
+    single = await create_pool(settings.model_copy(update={"database_pool_max": 1}), min_size=1)
+    try:
+        async with single.acquire() as conn:
+            assert await outbox_store.try_lead(conn)
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            leader = await conn.fetchval("SELECT pg_backend_pid()")
+            await conn.execute("SELECT pg_advisory_unlock($1)", outbox_store.RELAY_LOCK)
+        async with single.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == leader
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+            assert await conn.fetchval("SHOW enable_seqscan") == "on"
+    finally:
+        await single.close()
+
+
+async def test_the_leader_walks_the_unpublished_index_even_with_stale_statistics(
+    pool: asyncpg.Pool,
+) -> None:
+    explain = "EXPLAIN " + outbox_store.SELECT_UNPUBLISHED.replace("$1", "2000")
+    async with pool.acquire() as conn:
+        backlog = conn.transaction()
+        await backlog.start()
+        try:
+            await conn.execute("ANALYZE outbox")
+            await conn.execute(
+                """
+                INSERT INTO outbox (event_type, organization_id, group_id, group_version,
+                                    command_id, payload, occurred_at)
+                SELECT 'group.created', 'org_stale', 'grp_' || i, 1, 'cmd_' || i,
+                       '{"name": "a group of the backlog"}', now()
+                FROM generate_series(1, 50000) AS i
+                """
+            )
+            # The statistics say the backlog is small: the planner gathers and sorts it all.
+            misled = "\n".join(r[0] for r in await conn.fetch(explain))
+            assert "Sort" in misled
+            await conn.execute(outbox_store.LEADER_SETTINGS.replace("SET ", "SET LOCAL "))
+            plan = "\n".join(r[0] for r in await conn.fetch(explain))
+            assert "Index Scan using outbox_unpublished" in plan
+            assert "Sort" not in plan
+        finally:
+            await backlog.rollback()
