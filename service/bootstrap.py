@@ -70,7 +70,7 @@ async def lifespan(
             container.metrics,
             settings.command_max_bytes,
         )
-        pipeline = consumer_entrypoint.Pipeline(consumer)
+        pipeline = consumer_entrypoint.Pipeline(consumer, health=container.health)
         if Role.CONSUMER in roles:
             container.subscriber = consumer_entrypoint.subscribe(broker, settings, pipeline)
         document_topics(broker, settings)

@@ -35,7 +35,7 @@ from service.domain.errors import InvalidCommand
 from service.domain.ports import AnyCommand, CommandStore
 from service.domain.results import CommandResult
 from service.handlers import Incoming, apply_commands
-from service.observability import Metrics, is_transient
+from service.observability import Health, Metrics, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +214,12 @@ class Pipeline:
     transaction. Offsets are still committed only once a batch's results are acknowledged,
     and in batch order; at most `depth` batches wait for Kafka at a time."""
 
-    def __init__(self, consumer: CommandConsumer, depth: int = 2) -> None:
+    def __init__(
+        self, consumer: CommandConsumer, depth: int = 2, health: Health | None = None
+    ) -> None:
         self._consumer = consumer
         self._depth = depth
+        self.health = health or Health()
         self._pending: deque[asyncio.Task[None]] = deque()
         self._failure: BaseException | None = None
 
@@ -250,6 +253,7 @@ class Pipeline:
         except Exception as error:
             log.critical("a batch's results were not sent; restart the service", exc_info=error)
             self._failure = self._failure or error
+            self.health.degraded("pipeline", f"stopped, restart the service: {error!r}")
         if previous is not None:
             await previous
         if self._failure is not None:

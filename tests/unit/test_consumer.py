@@ -234,3 +234,4 @@ async def test_after_a_batch_fails_beyond_isolation_nothing_later_is_committed()
         await pipeline.feed([record(1, create("c2", "B"))], commit)
     await pipeline.drain(1)
     assert committed == []
+    assert "pipeline" in pipeline.health.problems
