@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from service.adapters.command_store import LOAD_BATCH, LOCK_ORGANIZATIONS, WRITE_BATCH
+from service.adapters.command_store import LOAD_BATCH, WRITE_BATCH, begin_batch
 from service.adapters.db import Connection, Pool
 from service.bench.workload import CODES, Planned
 from service.domain.model import Group, group_json
@@ -70,13 +70,13 @@ def _updated(group: tuple[Any, ...]) -> tuple[Any, ...]:
     return id_, name, description, platform_id, version, updated_at, deleted_at
 
 
-async def _load_and_write(conn: Connection, batch: Sequence[Rows]) -> None:
+async def _transaction(conn: Connection, batch: Sequence[Rows]) -> None:
     """The statements the service runs for a batch, with each group written once."""
     created = {r.planned.group_id for r in batch if r.planned.kind == "create"}
     final = {r.planned.group_id: r.group for r in batch if r.planned.kind != "conflict"}
     commands = [r.planned for r in batch]
     named = [p for p in commands if p.kind != "delete"]
-    await conn.execute(LOCK_ORGANIZATIONS, [p.organization_id for p in commands])
+    await conn.execute(begin_batch(p.organization_id for p in commands))
     await conn.fetch(
         LOAD_BATCH,
         [p.organization_id for p in commands],
@@ -92,12 +92,7 @@ async def _load_and_write(conn: Connection, batch: Sequence[Rows]) -> None:
         *_columns([r.outbox for r in batch if r.planned.eventful], 8),
         *_columns([r.processed for r in batch], 4),
     )
-
-
-async def _one(conn: Connection, r: Rows) -> None:
-    """One command in its own transaction, as a service without batching would."""
-    async with conn.transaction():
-        await _load_and_write(conn, [r])
+    await conn.execute("COMMIT")
 
 
 async def transactions_per_s(
@@ -120,7 +115,8 @@ async def transactions_per_s(
             for done, r in enumerate(lane):
                 if time.perf_counter() > deadline:
                     return done
-                await _one(conn, r)
+                # One command per transaction, as a service without batching would.
+                await _transaction(conn, [r])
             return len(lane)
 
     done = sum(await asyncio.gather(*(run(lane) for lane in lanes if lane)))
@@ -132,6 +128,5 @@ async def batch_rows_per_s(pool: Pool, rows: Sequence[Rows], batch_size: int = 5
     async with pool.acquire() as conn:
         started = time.perf_counter()
         for start in range(0, len(rows), batch_size):
-            async with conn.transaction():
-                await _load_and_write(conn, rows[start : start + batch_size])
+            await _transaction(conn, rows[start : start + batch_size])
         return len(rows) / (time.perf_counter() - started)

@@ -190,6 +190,27 @@ async def test_names_conflict_whatever_their_case_and_surrounding_blanks(
     assert await counts(pool) == (3, 3, 5)
 
 
+async def test_a_batch_holds_the_locks_other_writers_take(
+    pool: asyncpg.Pool, store: CommandStore
+) -> None:
+    """The batch writes its organization ids into its first statement as literals; they must
+    still name each organization's lock (hashtextextended(id, 7)), or another writer would
+    not wait for the batch. An id with a quote checks the quoting."""
+    odd = create("Gold").model_copy(update={"organization_id": "o'brien"})
+
+    async def free() -> list[bool]:
+        rows = await pool.fetch(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended(o, 7)) AS free"
+            " FROM unnest($1::text[]) AS o",
+            [ORG, "o'brien"],
+        )
+        return [r["free"] for r in rows]
+
+    async with store.batch([create("VIP"), odd]):
+        assert await free() == [False, False]
+    assert await free() == [True, True]
+
+
 async def test_a_deleted_groups_name_is_free_again(pool: asyncpg.Pool, store: CommandStore) -> None:
     for round_ in range(3):
         [made] = await apply(store, create("VIP" if round_ % 2 else "vip"))
