@@ -83,6 +83,9 @@ class OutboxRelay:
         settings = self._settings
         idle = settings.relay_poll_min_s
         while True:
+            # Cleared before the read, not after the publish: a commit made meanwhile (its
+            # rows possibly missed by this read) must cut the next wait short.
+            self.wakeup.clear()
             rows = await outbox_store.unpublished(conn, settings.relay_batch_size)
             if rows:
                 await self._publish(rows)
@@ -92,7 +95,6 @@ class OutboxRelay:
             self._working()
             if len(rows) == settings.relay_batch_size:
                 continue
-            self.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), idle)
             idle = min(idle * 2, settings.relay_poll_max_s)

@@ -170,6 +170,13 @@ def print_table(report: Report) -> None:
             "",
             "the consumer's share",
         )
+    if relay_leg := f.get("latency_relay_leg_ms"):
+        figures.add_row(
+            "result to event p50 / p99 (ms)",
+            f"{relay_leg['p50']:,.1f} / {relay_leg['p99']:,.1f}",
+            "",
+            "the relay's share",
+        )
     for groups, per_s in f.get("groups_preexisting", {}).items():
         figures.add_row(f"commands_per_s @ {int(groups):,} groups", f"{per_s:,.1f}", "", "")
     if (change := f.get("groups_preexisting_change_pct")) is not None:

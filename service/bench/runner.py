@@ -391,6 +391,8 @@ class _Bench:
             return
         self.figures["latency_ms"] = _percentiles_ms(list(to_event.values()))
         self.figures["latency_to_result_ms"] = _percentiles_ms(list(to_result.values()))
+        relay_leg = [to_event[c] - to_result[c] for c in to_event if c in to_result]
+        self.figures["latency_relay_leg_ms"] = _percentiles_ms(relay_leg)
         self.figures["latency_rate"] = o.rate
         self.figures["latency_offered_per_s"] = round(offered, 1)
         if cpu_before is not None:

@@ -170,6 +170,31 @@ async def test_an_event_sent_but_not_marked_is_sent_again_with_the_same_ce_id(
     assert_each_group_in_order(records)
 
 
+async def test_a_commit_made_while_the_relay_publishes_is_not_left_for_the_next_poll(
+    settings: Settings, pool: asyncpg.Pool, kafka: KafkaProbe
+) -> None:
+    """The consumer wakes the relay after each commit. A wake-up that comes while the relay
+    is busy must send it straight back to read; with polling this slow, a lost one would
+    leave the row unpublished for half a minute."""
+    settings = settings.model_copy(update={"relay_poll_min_s": 30.0, "relay_poll_max_s": 30.0})
+    await apply(pool, create("org_a"))
+    [first] = await outbox_event_ids(pool)
+    async with pool.acquire() as blocker:
+        blocking = blocker.transaction()
+        await blocking.start()
+        # The relay publishes the first row, then waits on this row lock to mark it.
+        await blocker.execute("SELECT 1 FROM outbox FOR UPDATE")
+        async with running_relay(settings) as running:
+            await kafka.wait_for(settings.topic_events, lambda rs: first in {ce_id(r) for r in rs})
+            await apply(pool, create("org_b"))
+            running.relay.wakeup.set()
+            [second] = await outbox_event_ids(pool) - {first}
+            await blocking.commit()
+            await kafka.wait_for(
+                settings.topic_events, lambda rs: second in {ce_id(r) for r in rs}, timeout=10
+            )
+
+
 async def test_backlog_metrics_count_unpublished_rows_and_their_age(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
