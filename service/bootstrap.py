@@ -57,15 +57,19 @@ async def lifespan(
     settings: Settings, roles: frozenset[Role] = ALL_ROLES
 ) -> AsyncIterator[Container]:
     pool = await create_pool(settings)
+    command_pool: Pool | None = None
     try:
         await migrate(pool)
+        # The consumer applies one batch at a time, and a batch's locks end with its
+        # transaction: a pool of its own saves the reset query on every release.
+        command_pool = await create_pool(settings, min_size=1, max_size=1, stateless=True)
         if settings.topic_auto_create:
             await ensure_topics(settings)
         broker = create_broker(settings)
         producer = create_producer(settings)
         container = Container(settings, pool, broker, Metrics(), Health(), roles)
         consumer = consumer_entrypoint.CommandConsumer(
-            CommandStore(pool),
+            CommandStore(command_pool),
             CommandPublisher(producer, settings),
             container.metrics,
             settings.command_max_bytes,
@@ -104,4 +108,6 @@ async def lifespan(
             except TimeoutError:
                 log.warning("Kafka did not close in time; unsent messages will be redelivered")
     finally:
+        if command_pool is not None:
+            await asyncio.wait_for(command_pool.close(), settings.shutdown_timeout_s)
         await asyncio.wait_for(pool.close(), settings.shutdown_timeout_s)

@@ -19,11 +19,24 @@ Pool = asyncpg.Pool
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
-async def create_pool(settings: Settings, *, min_size: int | None = None) -> Pool:
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A release that sends no reset query; asyncpg still rolls back an open transaction."""
+
+
+async def create_pool(
+    settings: Settings,
+    *,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    stateless: bool = False,
+) -> Pool:
+    """`stateless`: for users that leave no session state behind (no SET, LISTEN, cursor or
+    session lock), whose connections need no reset query, a round trip, on release."""
     return await asyncpg.create_pool(
         settings.database_url.get_secret_value(),
         min_size=settings.database_pool_min if min_size is None else min_size,
-        max_size=settings.database_pool_max,
+        max_size=settings.database_pool_max if max_size is None else max_size,
+        reset=_keep_session if stateless else None,
         ssl=settings.postgres_ssl(),
         command_timeout=60,
         server_settings={

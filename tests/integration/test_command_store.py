@@ -20,6 +20,7 @@ from service.adapters.command_store import (
     PostgresBatch,
     group_from_row,
 )
+from service.adapters.db import create_pool
 from service.config import Settings
 from service.domain.model import group_json
 from service.domain.ports import AnyCommand
@@ -28,6 +29,17 @@ from service.handlers import Incoming, apply_commands
 from service.observability import Metrics
 from service.relay import Pruner
 from tests.unit.fakes import ORG, OTHER_ORG, create, delete, update
+
+# What a session could carry from one use to the next: locks, settings changed from what a
+# RESET would restore, open cursors (asyncpg's cache of prepared statements aside).
+SESSION_STATE = """
+SELECT jsonb_build_object(
+    'locks', (SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'),
+    'settings', (SELECT jsonb_object_agg(name, setting) FROM pg_settings
+                 WHERE source = 'session' AND setting IS DISTINCT FROM reset_val),
+    'cursors', (SELECT count(*) FROM pg_cursors)
+)::text
+"""
 
 INSERT_GROUP = """
 INSERT INTO customer_groups (id, organization_id, name, version, created_at, updated_at)
@@ -211,6 +223,30 @@ async def test_a_batch_holds_the_locks_other_writers_take(
     assert await free() == [True, True]
 
 
+async def test_batches_leave_their_connection_as_they_found_it(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """The consumer's pool sends no reset query on release, which is only right while a
+    batch, applied or refused, leaves no transaction, lock or setting behind."""
+    stateless = await create_pool(settings, min_size=1, max_size=1, stateless=True)
+    try:
+        async with stateless.acquire() as conn:
+            before = await conn.fetchval(SESSION_STATE)
+        store = CommandStore(stateless)
+        assert await codes(store, create("VIP"), create("Gold")) == [201, 201]
+        # Refused by the name index: a lone command, then a batch retried one by one.
+        assert await codes(Interfering(pool, "grp_other", "silver", store), create("Silver")) == [
+            409
+        ]
+        refused = Interfering(pool, "grp_another", "bronze", store)
+        assert await codes(refused, create("Bronze"), create("Iron")) == [409, 201]
+        async with stateless.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval(SESSION_STATE) == before
+    finally:
+        await stateless.close()
+
+
 async def test_a_deleted_groups_name_is_free_again(pool: asyncpg.Pool, store: CommandStore) -> None:
     for round_ in range(3):
         [made] = await apply(store, create("VIP" if round_ % 2 else "vip"))
@@ -283,8 +319,10 @@ class Interfering:
     The other writer skips the organization lock, as a buggy tool or a manual fix would, so
     only the unique index stands between it and the batch."""
 
-    def __init__(self, pool: asyncpg.Pool, group_id: str, name: str) -> None:
-        self._store = CommandStore(pool)
+    def __init__(
+        self, pool: asyncpg.Pool, group_id: str, name: str, store: CommandStore | None = None
+    ) -> None:
+        self._store = store or CommandStore(pool)
         self._pool = pool
         self._row: tuple[str, str, str] | None = (group_id, ORG, name)
         self.batches = 0
