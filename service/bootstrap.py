@@ -62,7 +62,9 @@ async def lifespan(
         await migrate(pool)
         # The consumer applies one batch at a time, and a batch's locks end with its
         # transaction: a pool of its own saves the reset query on every release.
-        command_pool = await create_pool(settings, min_size=1, max_size=1, stateless=True)
+        command_pool = await create_pool(
+            settings, min_size=1, max_size=settings.command_lanes, stateless=True
+        )
         if settings.topic_auto_create:
             await ensure_topics(settings)
         broker = create_broker(settings)
@@ -73,6 +75,7 @@ async def lifespan(
             CommandPublisher(producer, settings),
             container.metrics,
             settings.command_max_bytes,
+            lanes=settings.command_lanes,
         )
         pipeline = consumer_entrypoint.Pipeline(consumer, health=container.health)
         if Role.CONSUMER in roles:

@@ -96,7 +96,10 @@ CROSS JOIN LATERAL (
 # Everything a batch writes, in one round trip. The parts share one snapshot and none
 # reads another's rows; should the parts' order ever trip the name index (a name freed and
 # taken in one batch), the batch is retried one command at a time. unnest yields rows in
-# array order, so outbox ids follow the order the changes were made.
+# array order, so outbox ids follow the order the changes were made. The update's `= ANY`
+# gives the planner an index condition: with the join's alone it hashed a scan of the whole
+# table, whose cost grew with it (200,000 commands into an empty table: a write took
+# 24-38 ms, against 20-25 ms with it).
 WRITE_BATCH = f"""
 WITH updated AS (
     UPDATE customer_groups AS g
@@ -105,7 +108,7 @@ WITH updated AS (
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
                 $6::timestamptz[], $7::timestamptz[])
          AS u(id, name, description, platform_id, version, updated_at, deleted_at)
-    WHERE g.id = u.id
+    WHERE g.id = u.id AND g.id = ANY($1::text[])
 ), inserted AS (
     INSERT INTO customer_groups ({GROUP_COLUMNS})
     SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[],

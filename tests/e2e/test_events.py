@@ -11,7 +11,8 @@ from datetime import datetime
 
 import asyncpg
 
-from service.bootstrap import Container
+from service.bootstrap import Container, lifespan
+from service.config import Settings
 from tests.relay_support import (
     Downstream,
     assert_each_group_in_order,
@@ -21,7 +22,7 @@ from tests.relay_support import (
     outbox_event_ids,
     wait_published,
 )
-from tests.support import KafkaProbe, command, headers_of
+from tests.support import KafkaProbe, command, headers_of, wait_until_assigned
 
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -177,3 +178,48 @@ async def test_a_consumer_deduplicating_on_ce_id_sees_each_change_once(
     )
     assert downstream.seen == await outbox_event_ids(pool)
     assert len(first_copies(records)) == 22
+
+
+async def test_a_batch_shared_among_lanes_keeps_each_groups_order_and_each_result(
+    settings: Settings, pool: asyncpg.Pool, kafka: KafkaProbe
+) -> None:
+    """Commands queued before the service starts make its first batches large enough to
+    run as three transactions at once; each organization's commands stay in one of them."""
+    settings = settings.model_copy(update={"command_lanes": 3, "command_batch_max": 1000})
+    organizations = [f"org_{i}" for i in range(6)]
+    groups = {org: [f"grp_{org}_{n}" for n in range(10)] for org in organizations}
+    updates = 5
+    commands = [
+        command(organization_id=org, group_id=group_id, name=f"Name {group_id}")
+        for org in organizations
+        for group_id in groups[org]
+    ]
+    commands += [
+        command("group.update", organization_id=org, group_id=group_id, name=f"Name {i} {group_id}")
+        for i in range(updates)
+        for org in organizations
+        for group_id in groups[org]
+    ]
+    # The name a group of the same organization took earlier in the batch.
+    taken = command(organization_id="org_0", name=f"NAME {updates - 1} GRP_ORG_0_0")
+    commands.append(taken)
+    await kafka.send_many(commands)
+
+    async with lifespan(settings) as container:
+        await wait_until_assigned(container)
+        await kafka.wait_for(settings.topic_results, lambda records: len(records) >= len(commands))
+        events = await kafka.wait_events(len(commands) - 1)
+
+    codes = {r["command_id"]: r["code"] for r in kafka.results()}
+    assert len(kafka.results()) == len(commands)
+    assert codes.pop(taken["command_id"]) == 409
+    created = len(organizations) * len(groups["org_0"])
+    assert sorted(codes.values()) == [200] * created * updates + [201] * created
+    versions = assert_each_group_in_order(events)
+    assert {len(v) for v in versions.values()} == {updates + 1}
+    rows = await pool.fetch("SELECT id, name, version FROM customer_groups")
+    assert {(r["id"], r["name"], r["version"]) for r in rows} == {
+        (group_id, f"Name {updates - 1} {group_id}", updates + 1)
+        for ids in groups.values()
+        for group_id in ids
+    }

@@ -14,9 +14,11 @@ from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from service.adapters.kafka import DeadLetter, Reply
 from service.domain.ports import AnyCommand
-from service.entrypoints.consumer import CommandConsumer, Pipeline
+from service.entrypoints.consumer import LANE_MIN_COMMANDS, CommandConsumer, Pipeline, split_lanes
+from service.handlers import Incoming
 from service.observability import Metrics, is_transient
 from tests.unit.fakes import FakeBatch, FakeCommandStore
+from tests.unit.fakes import create as create_command
 
 MAX = 1024 * 1024
 
@@ -27,8 +29,8 @@ def record(offset: int, value: bytes | None, headers: Sequence[tuple[str, Any]] 
     )
 
 
-def create(command_id: str, name: str) -> bytes:
-    body = {"command_id": command_id, "type": "group.create", "organization_id": "org_a"}
+def create(command_id: str, name: str, organization_id: str = "org_a") -> bytes:
+    body = {"command_id": command_id, "type": "group.create", "organization_id": organization_id}
     return json.dumps({**body, "name": name}).encode()
 
 
@@ -66,6 +68,33 @@ class FailingStore(FakeCommandStore):
             raise self._error
         async with super().batch(commands) as staged:
             yield staged
+
+
+class ConcurrentStore(FakeCommandStore):
+    """Notes each batch's organizations and how many batches were open at once; fails the
+    first `failures` batches with a transient error."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__()
+        self.batches: list[set[str]] = []
+        self.most_open = 0
+        self._open = 0
+        self._failures = failures
+
+    @asynccontextmanager
+    async def batch(self, commands: Sequence[AnyCommand]) -> AsyncIterator[FakeBatch]:
+        self.batches.append({c.organization_id for c in commands})
+        self._open += 1
+        self.most_open = max(self.most_open, self._open)
+        try:
+            await asyncio.sleep(0.01)
+            if self._failures > 0:
+                self._failures -= 1
+                raise ConnectionRefusedError("postgres is down")
+            async with super().batch(commands) as staged:
+                yield staged
+        finally:
+            self._open -= 1
 
 
 def consumer(store: FakeCommandStore, publisher: FakePublisher) -> CommandConsumer:
@@ -136,6 +165,64 @@ async def test_a_transient_failure_is_retried_until_it_passes_and_never_dead_let
     assert publisher.codes() == {"c1": 201, "c2": 201}
     assert publisher.dead == []
     assert metrics.registry.get_sample_value("customer_groups_transient_errors_total") == 3
+
+
+def test_a_large_batch_is_shared_among_lanes_by_whole_organizations_in_order() -> None:
+    sizes = {"org_a": 150, "org_b": 90, "org_c": 60, "org_d": 30}
+    incoming = [
+        (position, Incoming(create_command(f"G{position}", organization)))
+        for position, organization in enumerate(o for o, n in sizes.items() for _ in range(n))
+    ]
+
+    lanes = split_lanes(incoming, 2)
+
+    assert sorted(len(lane) for lane in lanes) == [150, 180]
+    assert sorted(entry for lane in lanes for entry in lane) == incoming
+    for lane in lanes:
+        assert [position for position, _ in lane] == sorted(position for position, _ in lane)
+    owners = [{item.command.organization_id for _, item in lane} for lane in lanes]
+    assert owners[0].isdisjoint(owners[1])
+
+
+def test_a_lane_is_opened_only_for_each_lane_min_commands() -> None:
+    incoming = [
+        (position, Incoming(create_command(f"G{position}", f"org_{position % 4}")))
+        for position in range(2 * LANE_MIN_COMMANDS)
+    ]
+    assert split_lanes(incoming[:-1], 4) == [incoming[:-1]]
+    assert len(split_lanes(incoming, 4)) == 2
+    assert split_lanes(incoming, 1) == [incoming]
+
+
+async def test_lanes_run_at_once_and_results_keep_the_records_order() -> None:
+    store, publisher = ConcurrentStore(), FakePublisher()
+    count = 3 * LANE_MIN_COMMANDS
+    records = [record(i, create(f"c{i}", f"G{i}", f"org_{i % 3}")) for i in range(count)]
+    subject = CommandConsumer(store, publisher, Metrics(), MAX, lanes=3)  # type: ignore[arg-type]
+
+    await subject.handle_records(records)
+
+    assert store.most_open == 3
+    assert sorted(len(organizations) for organizations in store.batches) == [1, 1, 1]
+    assert [r.result.command_id for r in publisher.replies] == [f"c{i}" for i in range(count)]
+    assert set(publisher.codes().values()) == {201}
+
+
+async def test_a_lane_that_fails_is_retried_with_its_batch_without_a_second_effect() -> None:
+    store, publisher = ConcurrentStore(failures=1), FakePublisher()
+    count = 2 * LANE_MIN_COMMANDS
+    records = [record(i, create(f"c{i}", f"G{i}", f"org_{i % 2}")) for i in range(count)]
+    subject = CommandConsumer(store, publisher, Metrics(), MAX, retry_max_s=0.01, lanes=2)  # type: ignore[arg-type]
+
+    await subject.handle_records(records)
+
+    # The lane that did commit is applied again on the retry, which finds its results.
+    assert len(store.batches) == 4
+    assert store.most_open == 2
+    assert len(store.groups) == count
+    assert len(store.outbox) == count
+    assert publisher.codes() == {f"c{i}": 201 for i in range(count)}
+    assert publisher.dead == []
 
 
 async def test_results_lost_on_the_way_out_are_sent_again_without_a_second_effect() -> None:
