@@ -12,12 +12,12 @@ import hmac
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -165,14 +165,16 @@ IfMatch = Annotated[
 
 
 class ResultWaiter:
-    """Reads the results topic from its end and hands each result to the request awaiting it.
+    """Reads the results topic while requests await results, and hands each to its request.
 
     Every request puts a fresh correlation_id on its command and the service echoes it on
     the result (on a replayed command's stored result too), so results find their request
-    even when two requests share an Idempotency-Key."""
+    even when two requests share an Idempotency-Key. With no request waiting its partitions
+    are paused: an idle API reads nothing, rather than every result of every command."""
 
     def __init__(self, settings: Settings) -> None:
         self._topic = settings.topic_results
+        self._seek_timeout_s = settings.http_command_timeout_s
         self._consumer = AIOKafkaConsumer(
             self._topic,
             **client_options(settings),
@@ -180,15 +182,15 @@ class ResultWaiter:
             group_id=None,
             auto_offset_reset="latest",
         )
+        self._partitions: list[TopicPartition] = []
         self._waiting: dict[str, asyncio.Future[CommandResult]] = {}
+        self._resuming = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._consumer.start()
-        # Fix every partition's end offset now: a result that arrived before the first
-        # fetch resolved "latest" would otherwise be skipped.
-        for partition in self._consumer.assignment():
-            await self._consumer.position(partition)
+        self._partitions = sorted(self._consumer.assignment())
+        self._consumer.pause(*self._partitions)
         self._task = asyncio.create_task(self._read(), name="http-result-waiter")
 
     async def stop(self) -> None:
@@ -201,14 +203,27 @@ class ResultWaiter:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    @contextlib.contextmanager
-    def expect(self, correlation_id: str) -> Iterator[asyncio.Future[CommandResult]]:
+    @property
+    def reading(self) -> bool:
+        return not self._consumer.paused()
+
+    @contextlib.asynccontextmanager
+    async def expect(self, correlation_id: str) -> AsyncIterator[asyncio.Future[CommandResult]]:
+        """Await the result with this correlation_id; send its command inside this block."""
         future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation_id] = future
+        async with self._resuming:
+            if not self._waiting:
+                # From the ends as they are now: the command, sent after this, lies beyond.
+                async with asyncio.timeout(self._seek_timeout_s):
+                    await self._consumer.seek_to_end(*self._partitions)
+                self._consumer.resume(*self._partitions)
+            self._waiting[correlation_id] = future
         try:
             yield future
         finally:
             self._waiting.pop(correlation_id, None)
+            if not self._waiting:
+                self._consumer.pause(*self._partitions)
 
     async def _read(self) -> None:
         while True:
@@ -291,22 +306,24 @@ async def _execute(
     if traceparent := request.headers.get("traceparent"):
         headers["traceparent"] = traceparent
     correlation_id = str(uuid.uuid4())
-    with waiter.expect(correlation_id) as result:
-        try:
-            async with asyncio.timeout(settings.http_command_timeout_s):
-                await container.broker.publish(
-                    orjson.dumps(command.model_dump(mode="json", exclude_unset=True)),
-                    settings.topic_commands,
-                    key=organization_id.encode(),
-                    headers=headers,
-                    correlation_id=correlation_id,
-                )
-                return await result
-        except TimeoutError:
-            return command.command_id
-        except KafkaError as error:
-            log.warning("publishing a command failed: %r", error)
-            raise ApiError(503, "Service unavailable", "Kafka is unreachable") from error
+    try:
+        async with waiter.expect(correlation_id) as result:
+            try:
+                async with asyncio.timeout(settings.http_command_timeout_s):
+                    await container.broker.publish(
+                        orjson.dumps(command.model_dump(mode="json", exclude_unset=True)),
+                        settings.topic_commands,
+                        key=organization_id.encode(),
+                        headers=headers,
+                        correlation_id=correlation_id,
+                    )
+                    return await result
+            except TimeoutError:
+                return command.command_id
+    except (KafkaError, TimeoutError) as error:
+        # The command was not sent: Kafka did not answer before it could be.
+        log.warning("publishing a command failed: %r", error)
+        raise ApiError(503, "Service unavailable", "Kafka is unreachable") from error
 
 
 def _respond(outcome: CommandResult | str, success_code: int | None = None) -> Response:
