@@ -47,7 +47,7 @@ class Settings(BaseSettings):
 
     ce_source: str = "customer-groups"
 
-    command_batch_max: int = Field(default=500, ge=1)
+    command_batch_max: int = Field(default=2000, ge=1)
     command_batch_timeout_ms: int = Field(default=20, ge=1)
     command_lanes: int = Field(default=2, ge=1)
     command_max_bytes: int = Field(default=1024 * 1024, ge=1024)

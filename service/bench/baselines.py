@@ -123,7 +123,7 @@ async def transactions_per_s(
     return done / (time.perf_counter() - started)
 
 
-async def batch_rows_per_s(pool: Pool, rows: Sequence[Rows], batch_size: int = 500) -> float:
+async def batch_rows_per_s(pool: Pool, rows: Sequence[Rows], batch_size: int) -> float:
     """Commands/s written set-based, `batch_size` per transaction, on one connection."""
     async with pool.acquire() as conn:
         started = time.perf_counter()

@@ -186,9 +186,12 @@ class _Bench:
             self.pool, rows, connections, o.baseline_seconds
         )
         self.figures["sizes"]["db_pool_connections"] = connections
-        self.progress("baseline: raw asyncpg, set-based batches of 500")
+        # The size of the service's transactions when it is busiest: a full batch, in lanes.
+        size = max(1, self.own.command_batch_max // self.own.command_lanes)
+        self.progress(f"baseline: raw asyncpg, set-based batches of {size}")
         rows = baselines.rows_for(workload.plan(o.commands, self.orgs, self.tag("cb")))
-        found["db_batch_rows_per_s"] = await baselines.batch_rows_per_s(self.pool, rows)
+        found["db_batch_rows_per_s"] = await baselines.batch_rows_per_s(self.pool, rows, size)
+        self.figures["sizes"]["db_batch_rows"] = size
         self.progress("baseline: raw aiokafka produce -> consume")
         found["kafka_roundtrip_msgs_per_s"] = await kafka_io.roundtrip_per_s(
             self.own, roundtrip_topic, o.commands, MESSAGE_BYTES
