@@ -123,8 +123,9 @@ def split_lanes(incoming: Lane, lanes: int) -> list[Lane]:
     """Share a batch's commands among up to `lanes` transactions that run at once.
 
     An organization's commands stay in one lane, in order, so lanes take no lock another
-    holds and each group's changes keep their order. Whole organizations go, largest
-    first, to the lane with the fewest commands."""
+    holds and each group's changes keep their order. Lanes share nothing else but group
+    ids, which the primary key settles whichever commits first. Whole organizations go,
+    largest first, to the lane with the fewest commands."""
     count = min(lanes, len(incoming) // LANE_MIN_COMMANDS)
     if count <= 1:
         return [incoming]

@@ -202,22 +202,34 @@ async def test_a_batch_shared_among_lanes_keeps_each_groups_order_and_each_resul
     ]
     # The name a group of the same organization took earlier in the batch.
     taken = command(organization_id="org_0", name=f"NAME {updates - 1} GRP_ORG_0_0")
-    commands.append(taken)
+    # One group id asked for by two organizations, in two lanes: the key decides.
+    contested = [
+        command(organization_id=org, group_id="grp_contested", name="Contested")
+        for org in ("org_1", "org_2")
+    ]
+    commands += [taken, *contested]
     await kafka.send_many(commands)
 
     async with lifespan(settings) as container:
         await wait_until_assigned(container)
         await kafka.wait_for(settings.topic_results, lambda records: len(records) >= len(commands))
-        events = await kafka.wait_events(len(commands) - 1)
+        events = await kafka.wait_events(len(commands) - 2)
 
     codes = {r["command_id"]: r["code"] for r in kafka.results()}
     assert len(kafka.results()) == len(commands)
     assert codes.pop(taken["command_id"]) == 409
+    outcomes = sorted(kafka.results_for(c["command_id"])[0]["error"] or "" for c in contested)
+    assert outcomes == ["", "Group already exists"]
+    for c in contested:
+        codes.pop(c["command_id"])
     created = len(organizations) * len(groups["org_0"])
     assert sorted(codes.values()) == [200] * created * updates + [201] * created
     versions = assert_each_group_in_order(events)
+    assert versions.pop("grp_contested") == [1]
     assert {len(v) for v in versions.values()} == {updates + 1}
     rows = await pool.fetch("SELECT id, name, version FROM customer_groups")
+    assert sum(1 for r in rows if r["id"] == "grp_contested") == 1
+    rows = [r for r in rows if r["id"] != "grp_contested"]
     assert {(r["id"], r["name"], r["version"]) for r in rows} == {
         (group_id, f"Name {updates - 1} {group_id}", updates + 1)
         for ids in groups.values()
