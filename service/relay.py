@@ -10,10 +10,10 @@ relays but reorders a group's events whenever two relays hold neighbouring rows.
 
 Wake-up: an in-process signal from the consumer after each commit plus adaptive polling
 (fast while polls find rows no signal announced, backing off to `relay_poll_max_s`
-otherwise). LISTEN/NOTIFY is not used:
-NOTIFY takes a global lock at commit, which serializes every writer's commits; measured here
-(2 cores, synchronous_commit on) it cut one writer's transactions by 26% and eight
-writers' by 44%, while an idle poll of the partial index costs a fraction of a millisecond."""
+otherwise). LISTEN/NOTIFY is not used: NOTIFY takes a global lock at commit, which
+serializes every writer's commits; measured here (2 cores, synchronous_commit on) it cut
+one writer's transactions by 26% and eight writers' by 44%, while an idle poll of the
+partial index costs a fraction of a millisecond."""
 
 from __future__ import annotations
 
