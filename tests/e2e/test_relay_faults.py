@@ -122,7 +122,12 @@ async def test_kafka_down_for_20s_loses_nothing(
     versions = assert_each_group_in_order(events)
     assert {ce_id(r) for r in events} == expected
     assert sorted(versions) == sorted(group_id(r) for r in created)
-    assert all(len(v) == rounds + 1 for v in versions.values())
+    # The writer can be cancelled after a commit it had not counted yet: the table decides.
+    stored = {
+        r["id"]: r["version"] for r in await pool.fetch("SELECT id, version FROM customer_groups")
+    }
+    assert {g: len(v) for g, v in versions.items()} == {g: stored[g] for g in versions}
+    assert all(stored[g] >= rounds + 1 for g in versions)
 
 
 # Groups' versions in id order, as writers that hold each organization's lock produce them.
