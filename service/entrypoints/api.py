@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -182,15 +182,13 @@ class ResultWaiter:
             group_id=None,
             auto_offset_reset="latest",
         )
-        self._partitions: list[TopicPartition] = []
         self._waiting: dict[str, asyncio.Future[CommandResult]] = {}
         self._resuming = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._consumer.start()
-        self._partitions = sorted(self._consumer.assignment())
-        self._consumer.pause(*self._partitions)
+        self._consumer.pause(*self._consumer.assignment())
         self._task = asyncio.create_task(self._read(), name="http-result-waiter")
 
     async def stop(self) -> None:
@@ -212,18 +210,19 @@ class ResultWaiter:
         """Await the result with this correlation_id; send its command inside this block."""
         future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         async with self._resuming:
-            if not self._waiting:
+            partitions = self._consumer.assignment()
+            if not self._waiting and partitions:
                 # From the ends as they are now: the command, sent after this, lies beyond.
                 async with asyncio.timeout(self._seek_timeout_s):
-                    await self._consumer.seek_to_end(*self._partitions)
-                self._consumer.resume(*self._partitions)
+                    await self._consumer.seek_to_end(*partitions)
+                self._consumer.resume(*partitions)
             self._waiting[correlation_id] = future
         try:
             yield future
         finally:
             self._waiting.pop(correlation_id, None)
             if not self._waiting:
-                self._consumer.pause(*self._partitions)
+                self._consumer.pause(*self._consumer.assignment())
 
     async def _read(self) -> None:
         while True:
