@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"{defaults.instances}",
     )
     bench.add_argument(
+        "--relay-process",
+        action="store_true",
+        help="run the relay in a process of its own; the --instances processes run the "
+        "consumer and the HTTP API",
+    )
+    bench.add_argument(
         "--external",
         action="store_true",
         help="drive the service already running with this environment's settings "
@@ -96,7 +102,12 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         if getattr(args, name) is not None
     }
     return replace(
-        options, **given, external=args.external, keep=args.keep, skip=frozenset(args.skip)
+        options,
+        **given,
+        relay_process=args.relay_process,
+        external=args.external,
+        keep=args.keep,
+        skip=frozenset(args.skip),
     )
 
 

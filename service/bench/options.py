@@ -18,6 +18,7 @@ class BenchOptions:
     preload: int = 0
     baseline_seconds: float = 10
     instances: int = 1
+    relay_process: bool = False
     external: bool = False
     keep: bool = False
     skip: frozenset[str] = frozenset()

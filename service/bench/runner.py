@@ -96,6 +96,7 @@ async def run_bench(
         "relay_backlog": options.relay_backlog,
         "preload": options.preload,
         "instances": 0 if options.external else options.instances,
+        "relay_process": options.relay_process and not options.external,
     }
     admin_url = settings.database_url.get_secret_value()
     database = f"customer_groups_bench_{run_id}"
@@ -223,7 +224,10 @@ class _Bench:
         if not wanted:
             return
         instances = 0 if o.external else o.instances
-        self.services = [ServiceProcess(self.target) for _ in range(instances)]
+        roles = ("consumer", "http") if o.relay_process else ()
+        self.services = [ServiceProcess(self.target, roles) for _ in range(instances)]
+        if o.relay_process and instances:
+            self.services.append(ServiceProcess(self.target, ("relay",)))
         try:
             await asyncio.gather(*(service.start() for service in self.services))
             for service in self.services:

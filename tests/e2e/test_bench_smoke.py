@@ -9,12 +9,14 @@ from service.bench.runner import run_bench
 from service.config import Settings
 
 
+def _settings(endpoints: tuple[str, str]) -> Settings:
+    database_url, kafka = endpoints
+    return Settings.model_validate({"database_url": database_url, "kafka_bootstrap_servers": kafka})
+
+
 @pytest.mark.timeout(120)
 async def test_bench_smoke_measures_every_figure(endpoints: tuple[str, str]) -> None:
-    database_url, kafka = endpoints
-    settings = Settings.model_validate(
-        {"database_url": database_url, "kafka_bootstrap_servers": kafka}
-    )
+    settings = _settings(endpoints)
     options = BenchOptions.smoke()
 
     report = await run_bench(options, settings)
@@ -37,3 +39,22 @@ async def test_bench_smoke_measures_every_figure(endpoints: tuple[str, str]) -> 
     ):
         assert f["baselines"][name] > 0, name
     assert f["ratios"]["commands_per_s/db_batch_rows_per_s"] > 0
+
+
+@pytest.mark.timeout(120)
+async def test_bench_smoke_with_the_relay_in_a_process_of_its_own(
+    endpoints: tuple[str, str],
+) -> None:
+    settings = _settings(endpoints)
+    options = BenchOptions.smoke(
+        relay_process=True, skip=frozenset({"baselines", "latency", "relay"})
+    )
+
+    report = await run_bench(options, settings)
+
+    assert report.problems == []
+    f = report.figures
+    assert f["sizes"]["relay_process"] is True
+    assert len(f["service_pids"]) == 2
+    assert f["throughput"]["results"] == options.commands
+    assert f["throughput"]["events"] == f["throughput"]["events_expected"] > 0
