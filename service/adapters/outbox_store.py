@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
@@ -14,9 +14,11 @@ from service.adapters.db import Connection, Pool
 # its connection ends, so a standby takes over as soon as the leader dies.
 RELAY_LOCK = 0x6F75_7462_6F78
 
+# In OutboxRow's field order. event_id comes as text: a UUID object only to print it
+# again would cost the relay a microsecond an event.
 OUTBOX_COLUMNS = (
-    "id, event_id, event_type, organization_id, group_id, group_version, command_id,"
-    " traceparent, payload::text AS payload, occurred_at"
+    "id, event_id::text AS event_id, event_type, organization_id, group_id, group_version,"
+    " command_id, traceparent, payload::text AS payload, occurred_at"
 )
 
 # Rows are claimed by `published_at IS NULL`, never by `id > last_seen`: identity values are
@@ -69,8 +71,10 @@ SELECT event_type, count(*) AS events, min(occurred_at) AS first, max(occurred_a
 OLDEST_EVENT = "SELECT min(occurred_at) FROM outbox"
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
+    """A tuple, made from a record in one step: a frozen dataclass's ten field assignments
+    took the relay 2 us an event."""
+
     id: int
     event_id: str
     event_type: str
@@ -84,18 +88,7 @@ class OutboxRow:
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> OutboxRow:
-        return cls(
-            id=row["id"],
-            event_id=str(row["event_id"]),
-            event_type=row["event_type"],
-            organization_id=row["organization_id"],
-            group_id=row["group_id"],
-            group_version=row["group_version"],
-            command_id=row["command_id"],
-            traceparent=row["traceparent"],
-            payload=row["payload"],
-            occurred_at=row["occurred_at"],
-        )
+        return cls._make(row)
 
 
 # The leader's session settings; its connection is reset when it goes back to the pool.

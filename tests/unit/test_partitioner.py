@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from aiokafka.partitioner import DefaultPartitioner
+import random
 
-from service.adapters.kafka import CachedPartitioner
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as kafkas_murmur2
+
+from service.adapters.kafka import CachedPartitioner, murmur2
 
 
 def test_the_cached_partitioner_agrees_with_kafkas_default() -> None:
@@ -16,3 +19,10 @@ def test_the_cached_partitioner_agrees_with_kafkas_default() -> None:
     ]
     # A topic with another partition count gets its own answer for the same key.
     assert cached(b"org_1", [0, 1], [0, 1]) == default(b"org_1", [0, 1], [0, 1])
+
+
+def test_murmur2_agrees_with_aiokafkas_for_every_length_and_byte() -> None:
+    rng = random.Random(7)
+    keys = [rng.randbytes(length) for length in range(70) for _ in range(30)]
+    keys += [bytes([b]) * 5 for b in range(256)] + [b"grp_01JDZ8R5W7X3M9KQ2V6T4B1N0C"]
+    assert [murmur2(k) for k in keys] == [kafkas_murmur2(k) for k in keys]
