@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from service.adapters.kafka import client_options
+from service.adapters.kafka import client_options, send_batches
 from service.config import Settings
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
@@ -37,9 +37,11 @@ async def partitions(settings: Settings, topics: Sequence[str]) -> list[TopicPar
 
 
 async def produce(client: Any, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-    for key, value in records:
-        await client.send(topic, value, key=key)
-    await client.flush()
+    """Send them all as record batches, one per partition at a time: `send` per message
+    took 11-12 us of CPU a message against 3.5 (200,000 messages of 300 bytes), CPU that
+    the service under test shares."""
+    sent = await send_batches(client, topic, [(key, value, []) for key, value in records])
+    await asyncio.gather(*sent)
 
 
 class Tail:
