@@ -49,6 +49,7 @@ class Settings(BaseSettings):
 
     command_batch_max: int = Field(default=2000, ge=1)
     command_batch_timeout_ms: int = Field(default=20, ge=1)
+    command_fetch_wait_ms: int = Field(default=5, ge=0)
     command_lanes: int = Field(default=2, ge=1)
     command_max_bytes: int = Field(default=1024 * 1024, ge=1024)
     processed_commands_retention_days: float = Field(default=7, gt=0)

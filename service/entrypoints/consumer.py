@@ -331,6 +331,9 @@ async def _records(message: RawKafkaMessage) -> tuple[Record, ...]:
     return records
 
 
+_FETCH_MIN_BYTES = 64 * 1024
+
+
 def subscribe(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> Any:
     """Register the batch subscriber; the pipeline commits its offsets."""
 
@@ -341,6 +344,12 @@ def subscribe(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> An
         auto_offset_reset="earliest",
         max_records=settings.command_batch_max,
         batch_timeout_ms=settings.command_batch_timeout_ms,
+        # The broker holds a fetch until 64 KiB wait or this long has passed, so moderate
+        # rates make fewer, fuller fetches and batches. With fetches answered at the first
+        # record, at 1,000 commands/s, service, broker and PostgreSQL used 5% more CPU and
+        # the median latency was 23-26 ms (six runs) against 16-24 (five).
+        fetch_min_bytes=_FETCH_MIN_BYTES,
+        fetch_max_wait_ms=settings.command_fetch_wait_ms,
         # At-least-once: the pipeline commits a batch's offsets only after its results
         # were acknowledged (the default ACK_FIRST would commit before processing).
         ack_policy=AckPolicy.MANUAL,
