@@ -5,6 +5,7 @@ it, in order, exactly as if each had its own transaction."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 
@@ -26,6 +27,10 @@ class OutboxRecord:
     event: Event
     command_id: str
     traceparent: str | None
+
+    @property
+    def occurred_at(self) -> datetime:
+        return self.event.group.updated_at
 
 
 @dataclass(slots=True)

@@ -12,14 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.adapters.command_store import (
-    LOAD_BATCH,
-    WRITE_BATCH,
-    begin_batch,
-    event_row,
-    processed_row,
-    write_parameters,
-)
+import orjson
+
+from service.adapters.command_store import LOAD_BATCH, WRITE_BATCH, begin_batch
 from service.adapters.db import Connection, Pool
 from service.bench.workload import CODES, Planned
 from service.domain.model import Group, group_json
@@ -30,9 +25,9 @@ class Rows:
     """One planned command as the rows the service would read and write for it."""
 
     planned: Planned
-    group: Group
-    outbox: dict[str, Any]
-    processed: dict[str, Any]
+    group: tuple[Any, ...]
+    outbox: tuple[Any, ...]
+    processed: tuple[Any, ...]
 
 
 def rows_for(planned: Sequence[Planned]) -> list[Rows]:
@@ -50,20 +45,29 @@ def rows_for(planned: Sequence[Planned]) -> list[Rows]:
             now,
             now if p.deleted else None,
         )
+        payload = orjson.dumps(group_json(group)).decode()
+        result = orjson.dumps({"command_id": p.command_id, "code": CODES[p.kind]}).decode()
         made.append(
             Rows(
                 p,
-                group,
-                event_row(f"group.{p.kind}d", group, group_json(group), p.command_id, None),
-                processed_row(
-                    p.organization_id,
-                    p.command_id,
-                    "0" * 64,
-                    {"command_id": p.command_id, "code": CODES[p.kind]},
-                ),
+                (group.id, group.organization_id, group.name, group.description, None,
+                 group.version, now, now, group.deleted_at),
+                (f"group.{p.kind}d", p.organization_id, p.group_id, p.version, p.command_id,
+                 None, payload, now),
+                (p.organization_id, p.command_id, "0" * 64, result),
             )
-        )
+        )  # fmt: skip
     return made
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
+def _updated(group: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A group row in WRITE_BATCH's column order for updates."""
+    id_, _, name, description, platform_id, version, _, updated_at, deleted_at = group
+    return id_, name, description, platform_id, version, updated_at, deleted_at
 
 
 async def _transaction(conn: Connection, batch: Sequence[Rows]) -> None:
@@ -83,12 +87,10 @@ async def _transaction(conn: Connection, batch: Sequence[Rows]) -> None:
     )
     await conn.execute(
         WRITE_BATCH,
-        *write_parameters(
-            [g for gid, g in final.items() if gid not in created],
-            [g for gid, g in final.items() if gid in created],
-            [r.outbox for r in batch if r.planned.eventful],
-            [r.processed for r in batch],
-        ),
+        *_columns([_updated(g) for gid, g in final.items() if gid not in created], 7),
+        *_columns([g for gid, g in final.items() if gid in created], 9),
+        *_columns([r.outbox for r in batch if r.planned.eventful], 8),
+        *_columns([r.processed for r in batch], 4),
     )
     await conn.execute("COMMIT")
 
