@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
 from service.adapters.command_store import CommandStore
@@ -50,6 +51,28 @@ class Container:
     subscriber: Any = None
     relay: OutboxRelay | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _, running = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in running:
+            log.error("task %s did not stop when cancelled", task.get_name())
+
+
+async def _stop_kafka(broker: KafkaBroker, producer: AIOKafkaProducer, timeout_s: float) -> None:
+    """With Kafka down the producer would wait forever for its unsent messages; they are safe
+    to drop (unacknowledged outbox rows stay unpublished, commands stay uncommitted), so
+    shutdown does not wait for them."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await broker.stop()
+        async with asyncio.timeout(timeout_s):
+            await producer.stop()
+    except TimeoutError:
+        log.warning("Kafka did not close in time; unsent messages will be redelivered")
 
 
 @contextlib.asynccontextmanager
@@ -100,18 +123,11 @@ async def lifespan(
             if container.subscriber is not None:
                 await container.subscriber.stop()
             await pipeline.drain(settings.shutdown_timeout_s)
-            for task in container.tasks:
-                task.cancel()
-            await asyncio.gather(*container.tasks, return_exceptions=True)
-            # With Kafka down the producer would wait forever for its unsent messages; they
-            # are safe to drop (unacknowledged outbox rows stay unpublished, commands stay
-            # uncommitted), so shutdown does not wait for them.
-            try:
-                await asyncio.wait_for(broker.stop(), settings.shutdown_timeout_s)
-                await asyncio.wait_for(producer.stop(), settings.shutdown_timeout_s)
-            except TimeoutError:
-                log.warning("Kafka did not close in time; unsent messages will be redelivered")
+            await _cancel(container.tasks, settings.shutdown_timeout_s)
+            await _stop_kafka(broker, producer, settings.shutdown_timeout_s)
     finally:
         if command_pool is not None:
-            await asyncio.wait_for(command_pool.close(), settings.shutdown_timeout_s)
-        await asyncio.wait_for(pool.close(), settings.shutdown_timeout_s)
+            async with asyncio.timeout(settings.shutdown_timeout_s):
+                await command_pool.close()
+        async with asyncio.timeout(settings.shutdown_timeout_s):
+            await pool.close()

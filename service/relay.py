@@ -115,7 +115,10 @@ class OutboxRelay:
             if polled:
                 pacing.polled(found=bool(rows))
             try:
-                await asyncio.wait_for(self.wakeup.wait(), pacing.wait_s)
+                # Not `wait_for`: in Python 3.11 it drops a cancellation that comes with the
+                # wake-up, and the relay would outlive its service.
+                async with asyncio.timeout(pacing.wait_s):
+                    await self.wakeup.wait()
                 polled = False
             except TimeoutError:
                 polled = True

@@ -9,11 +9,14 @@ what an earlier one (or a `make run` on the same machine) left behind."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
+from importlib import resources
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,6 +28,8 @@ from service.adapters.kafka import client_options, ensure_topics
 from service.bootstrap import Container, lifespan
 from service.config import Settings
 from tests.support import KafkaProbe, wait_until_assigned
+
+SERVICE_FOLDER = str(resources.files("service")) + os.sep
 
 HOW_TO_START = (
     "PostgreSQL and Kafka are needed. Run the suite with `make test` (it installs and starts "
@@ -151,6 +156,27 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await pool.execute("TRUNCATE customer_groups, outbox, processed_commands")
     yield pool
     await pool.close()
+
+
+@pytest.fixture(autouse=True)
+async def no_task_outlives_its_test() -> AsyncIterator[None]:
+    """Every test shares one event loop: a task of the service's that a test leaves running
+    (a relay, say) would go on acting on the next tests' rows. The test that leaves it fails
+    instead. (Client libraries' own stragglers are theirs to answer for.)"""
+    before = asyncio.all_tasks()
+    yield
+    left = {t for t in asyncio.all_tasks() - before if _runs_service_code(t)}
+    if left:
+        # Closing clients lets some of their tasks finish a moment later.
+        _, running = await asyncio.wait(left, timeout=5)
+        for task in running:
+            task.cancel()
+        assert not running, f"tasks left running: {sorted(t.get_name() for t in running)}"
+
+
+def _runs_service_code(task: asyncio.Task[Any]) -> bool:
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code is not None and code.co_filename.startswith(SERVICE_FOLDER)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -126,7 +126,8 @@ class KafkaProbe:
                 raise TimeoutError(f"{topic}: condition not met; have {len(self.records[topic])}")
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), min(remaining, 0.2))
+                async with asyncio.timeout(min(remaining, 0.2)):
+                    await self._arrived.wait()
         return self.records[topic]
 
     def results(self) -> list[dict[str, Any]]:

@@ -263,7 +263,8 @@ class CommandPublisher:
             await (await self._producer.send(topic, body, key=key, headers=_headers(reply)))
 
         try:
-            await asyncio.wait_for(publish(), REPLY_TO_TIMEOUT_S)
+            async with asyncio.timeout(REPLY_TO_TIMEOUT_S):
+                await publish()
         except (TimeoutError, KafkaError) as error:
             log.warning(
                 "no copy of result %s to reply_to %r: %r",

@@ -98,7 +98,8 @@ class Tail:
         while not done():
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), 0.5)
+                async with asyncio.timeout(0.5):
+                    await self._arrived.wait()
                 last_progress = time.perf_counter()
             except TimeoutError:
                 if self._task is not None and self._task.done():

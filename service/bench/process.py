@@ -108,7 +108,8 @@ class ServiceProcess:
         try:
             writer.write(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
             await writer.drain()
-            status = await asyncio.wait_for(reader.readline(), 5)
+            async with asyncio.timeout(5):
+                status = await reader.readline()
             return b" 200 " in status
         except (OSError, TimeoutError):
             return False
@@ -156,7 +157,8 @@ class ServiceProcess:
         self._observe()
         process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await process.wait()
         except TimeoutError:
             process.kill()
             await process.wait()

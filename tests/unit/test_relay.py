@@ -70,15 +70,21 @@ class FakePublisher:
                 await self._arrived.wait()
 
 
-@contextlib.asynccontextmanager
-async def relay_on(
+def start_relay(
     outbox: FakeOutbox, monkeypatch: pytest.MonkeyPatch, poll_max_s: float = 0.2
-) -> AsyncIterator[tuple[OutboxRelay, FakePublisher]]:
+) -> tuple[OutboxRelay, FakePublisher, asyncio.Task[None]]:
     monkeypatch.setattr(relay_module, "outbox_store", outbox)
     settings = Settings(relay_poll_min_s=0.005, relay_poll_max_s=poll_max_s)
     publisher = FakePublisher()
     relay = OutboxRelay(FakePool(), publisher, settings, Metrics(), Health())  # type: ignore[arg-type]
-    task = asyncio.create_task(relay.run())
+    return relay, publisher, asyncio.create_task(relay.run())
+
+
+@contextlib.asynccontextmanager
+async def relay_on(
+    outbox: FakeOutbox, monkeypatch: pytest.MonkeyPatch, poll_max_s: float = 0.2
+) -> AsyncIterator[tuple[OutboxRelay, FakePublisher]]:
+    relay, publisher, task = start_relay(outbox, monkeypatch, poll_max_s)
     try:
         yield relay, publisher
     finally:
@@ -127,3 +133,17 @@ async def test_rows_no_wakeup_announced_keep_the_polls_fast(
         # Idle, the next poll would be over a second away.
         await publisher.wait_for(2, timeout_s=0.5)
     assert [r.id for r in publisher.published] == [1, 2]
+
+
+async def test_a_wakeup_in_the_same_moment_as_its_cancellation_still_stops_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The consumer's last commit wakes the relay while shutdown cancels it. Python 3.11's
+    `asyncio.wait_for` then returns the wake-up and drops the cancellation: the relay kept
+    publishing, and holding the leader's lock, after its service had stopped."""
+    relay, _, task = start_relay(FakeOutbox(), monkeypatch)
+    await asyncio.sleep(0.05)  # idle, waiting for a wake-up
+    relay.wakeup.set()
+    task.cancel()
+    await asyncio.wait([task], timeout=1)
+    assert task.cancelled()
