@@ -144,6 +144,9 @@ ORDER BY v, g
 """
 
 
+BLOCKED_BY = "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+
+
 @pytest.fixture
 def relay_process() -> Iterator[list[subprocess.Popen[bytes]]]:
     """`customer-groups run --role relay` processes started by the test, killed at its end."""
@@ -186,18 +189,28 @@ async def test_relay_killed_mid_batch_loses_nothing_and_repeats_only_same_ce_ids
     total = groups * versions
     log = tmp_path / "relay.log"
 
-    first = start_relay(settings, log)
-    relay_process.append(first)
-    deadline = asyncio.get_running_loop().time() + 60
-    while (
-        await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
-        < total // 3
-    ):
-        assert first.poll() is None, log.read_text()
-        assert asyncio.get_running_loop().time() < deadline, log.read_text()
-        await asyncio.sleep(0.01)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    async with pool.acquire() as blocker, blocker.transaction():
+        # The relay publishes the batch holding this row, then waits for the row's lock to
+        # mark it published: killed there, it has sent events it has no record of sending.
+        # (Killing it once a count of rows was published raced it: it could publish all
+        # 3,000 before the kill landed.)
+        await blocker.execute(
+            "SELECT FROM outbox WHERE id = (SELECT min(id) FROM outbox) + $1 FOR UPDATE",
+            total // 3,
+        )
+        blocker_pid = await blocker.fetchval("SELECT pg_backend_pid()")
+        first = start_relay(settings, log)
+        relay_process.append(first)
+        deadline = asyncio.get_running_loop().time() + 60
+        while not (marking := await pool.fetchval(BLOCKED_BY, blocker_pid)):
+            assert first.poll() is None, log.read_text()
+            assert asyncio.get_running_loop().time() < deadline, log.read_text()
+            await asyncio.sleep(0.01)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        # A backend waiting for a lock does not notice its client is gone: released, it
+        # would still mark the batch. Ended here, as a crash of the whole host would.
+        assert await pool.fetchval("SELECT pg_terminate_backend($1, 10000)", marking)
     left = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
     assert 0 < left < total
 
@@ -212,6 +225,7 @@ async def test_relay_killed_mid_batch_loses_nothing_and_repeats_only_same_ce_ids
     )
     unique = first_copies(events)  # asserts every repeat is the same event
     assert {ce_id(r) for r in unique} == expected
+    assert len(events) > total, "the batch the first relay never marked was not sent again"
     per_group = assert_each_group_in_order(events)
     assert len(per_group) == groups
     assert all(len(v) == versions for v in per_group.values())
