@@ -137,7 +137,10 @@ async def send_batches(
     done once Kafka has acknowledged them.
 
     Same result as `send` per message, without its per-message future and metadata
-    lookup, which took a third of the relay's CPU."""
+    lookup, which took a third of the relay's CPU. A batch is closed when handed over: an
+    open one waits out the producer's linger_ms although nothing more will join it (at
+    1,000 commands/s, a batch's results took a median 4.7-5.4 ms to be acknowledged,
+    against 5.4-7.6 ms left open; three interleaved runs each)."""
     partitions = sorted(await producer.partitions_for(topic))
     batches: dict[int, Any] = {}
     sent: list[asyncio.Future[Any]] = []
@@ -148,6 +151,7 @@ async def send_batches(
         if batch is not None and batch.append(**record):
             continue
         if batch is not None:
+            batch.close()
             sent.append(await producer.send_batch(batch, topic, partition=partition))
         batch = batches[partition] = producer.create_batch()
         if not batch.append(**record):
@@ -155,6 +159,7 @@ async def send_batches(
             del batches[partition]
             sent.append(await producer.send(topic, value, key, partition, headers=headers))
     for partition, batch in batches.items():
+        batch.close()
         sent.append(await producer.send_batch(batch, topic, partition=partition))
     return sent
 
