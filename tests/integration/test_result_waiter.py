@@ -51,7 +51,8 @@ async def test_results_are_read_only_while_a_request_awaits_one(settings: Settin
         async with waiter.expect("early") as early, waiter.expect("first") as first:
             assert waiter.reading
             await send_result(producer, settings, "c1", "first")
-            result = await asyncio.wait_for(first, 10)
+            async with asyncio.timeout(10):
+                result = await first
             assert (result.command_id, result.code) == ("c1", 404)
         assert not early.done()
         assert not waiter.reading
@@ -59,5 +60,6 @@ async def test_results_are_read_only_while_a_request_awaits_one(settings: Settin
         async with waiter.expect("second") as second:
             assert waiter.reading
             await send_result(producer, settings, "c2", "second")
-            assert (await asyncio.wait_for(second, 10)).command_id == "c2"
+            async with asyncio.timeout(10):
+                assert (await second).command_id == "c2"
         assert not waiter.reading
