@@ -306,8 +306,15 @@ class Pipeline:
             log.warning("offsets not committed, the records will be redelivered: %r", error)
 
     async def drain(self, wait_s: float) -> None:
-        if self._pending:
-            await asyncio.wait(list(self._pending), timeout=wait_s)
+        """Let the batches in flight finish for up to `wait_s`, then stop the rest: a commit
+        whose consumer has stopped never returns. What they did not commit comes again, and
+        its stored results are sent again."""
+        if not self._pending:
+            return
+        _, late = await asyncio.wait(list(self._pending), timeout=wait_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
 
 async def _parse_batch(

@@ -322,3 +322,19 @@ async def test_after_a_batch_fails_beyond_isolation_nothing_later_is_committed()
     await pipeline.drain(1)
     assert committed == []
     assert "pipeline" in pipeline.health.problems
+
+
+async def test_drain_stops_what_is_still_in_flight_when_its_time_is_up() -> None:
+    """An offset commit in flight when the subscriber stopped its consumer never returns;
+    the batch stays uncommitted (its records come again) and no task outlives the service."""
+    never = asyncio.Event()
+
+    async def commit_that_hangs(offsets: dict[TopicPartition, int]) -> None:
+        await never.wait()
+
+    pipeline = Pipeline(consumer(FakeCommandStore(), FakePublisher()))
+    await pipeline.feed([record(0, create("c1", "A"))], commit_that_hangs)
+    in_flight = list(pipeline._pending)
+    await pipeline.drain(0.1)
+    assert in_flight
+    assert all(task.done() for task in in_flight)
