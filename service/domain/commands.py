@@ -69,6 +69,27 @@ class _Command(BaseModel):
         return hashlib.sha256(canonical).hexdigest()
 
 
+def _documented(description: str, **rules: Any) -> Any:
+    """A field's rules for the generated schema only. The validators below check them and
+    raise rule errors (422s); as Field constraints, a breach would count as malformed."""
+    return Field(default=None, description=description, json_schema_extra=rules)
+
+
+def _name_in_schema_required(schema: dict[str, Any]) -> None:
+    schema["required"].append("name")
+
+
+_GROUP_ID_SCHEMA = f"^{GROUP_ID.pattern}$"
+_GROUP_ID_DOC = "'grp_' + 1-60 of [A-Za-z0-9_-]"
+_NAME_DOC = (
+    "Trimmed, then 1-100 characters, no control characters; unique per organization among"
+    " live groups, compared case-insensitively."
+)
+_DESCRIPTION_DOC = "At most 500 characters."
+_PLATFORM_ID_DOC = "At most 255 characters: the group's id on an external platform."
+_VERSION_DOC = "The group's current version; a mismatch is rejected with 409."
+
+
 def _check_group_id(value: str | None) -> str | None:
     if value is not None and not GROUP_ID.fullmatch(value):
         raise rule("group_id must be 'grp_' followed by 1-60 characters of [A-Za-z0-9_-]")
@@ -107,16 +128,24 @@ def _check_expected_version(value: int | None) -> int | None:
 
 
 class CreateGroup(_Command):
+    model_config = ConfigDict(json_schema_extra=_name_in_schema_required)
+
     type: Literal["group.create"]
-    group_id: str | None = None
-    name: str | None = None
-    description: str | None = None
-    platform_id: str | None = None
+    group_id: str | None = _documented(
+        f"{_GROUP_ID_DOC}; generated when absent.", pattern=_GROUP_ID_SCHEMA
+    )
+    name: str | None = _documented(_NAME_DOC, minLength=1, maxLength=NAME_MAX)
+    description: str | None = _documented(_DESCRIPTION_DOC, maxLength=DESCRIPTION_MAX)
+    platform_id: str | None = _documented(_PLATFORM_ID_DOC, maxLength=PLATFORM_ID_MAX)
+    # Accepted so that a producer may send every command with the same fields; a group
+    # that does not exist yet has no version to compare, so it has no effect.
+    expected_version: int | None = _documented("Accepted and ignored on create.", minimum=1)
 
     _group_id = field_validator("group_id")(_check_group_id)
     _name = field_validator("name")(_check_name)
     _description = field_validator("description")(_check_description)
     _platform_id = field_validator("platform_id")(_check_platform_id)
+    _expected_version = field_validator("expected_version")(_check_expected_version)
 
     @model_validator(mode="after")
     def _name_required(self) -> CreateGroup:
@@ -127,11 +156,19 @@ class CreateGroup(_Command):
 
 class UpdateGroup(_Command):
     type: Literal["group.update"]
-    group_id: str
-    name: str | None = None
-    description: str | None = None
-    platform_id: str | None = None
-    expected_version: int | None = None
+    group_id: str = Field(
+        description=_GROUP_ID_DOC, json_schema_extra={"pattern": _GROUP_ID_SCHEMA}
+    )
+    name: str | None = _documented(
+        f"{_NAME_DOC} Absent: unchanged.", minLength=1, maxLength=NAME_MAX
+    )
+    description: str | None = _documented(
+        f"{_DESCRIPTION_DOC} Absent: unchanged; null clears it.", maxLength=DESCRIPTION_MAX
+    )
+    platform_id: str | None = _documented(
+        f"{_PLATFORM_ID_DOC} Absent: unchanged; null clears it.", maxLength=PLATFORM_ID_MAX
+    )
+    expected_version: int | None = _documented(_VERSION_DOC, minimum=1)
 
     _group_id = field_validator("group_id")(_check_group_id)
     _name = field_validator("name")(_check_name)
@@ -156,8 +193,10 @@ class UpdateGroup(_Command):
 
 class DeleteGroup(_Command):
     type: Literal["group.delete"]
-    group_id: str
-    expected_version: int | None = None
+    group_id: str = Field(
+        description=_GROUP_ID_DOC, json_schema_extra={"pattern": _GROUP_ID_SCHEMA}
+    )
+    expected_version: int | None = _documented(_VERSION_DOC, minimum=1)
 
     _group_id = field_validator("group_id")(_check_group_id)
     _expected_version = field_validator("expected_version")(_check_expected_version)

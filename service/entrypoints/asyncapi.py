@@ -62,7 +62,11 @@ def document_topics(broker: KafkaBroker, settings: Settings) -> None:
     broker.publisher(
         settings.topic_results,
         title=f"{settings.topic_results}:Result",
-        description="One result per command (and per redelivery). Key: organization_id.",
+        description=(
+            "One result per command (and per redelivery). Key: organization_id. Header "
+            "correlation_id: the command's, echoed. A copy goes to the command's reply_to "
+            "topic too, unless that names one of the service's own topics."
+        ),
         schema=CommandResultSchema,
     )
     broker.publisher(
@@ -70,9 +74,10 @@ def document_topics(broker: KafkaBroker, settings: Settings) -> None:
         title=f"{settings.topic_events}:Event",
         description=(
             "Change events, published from the outbox after commit, at least once. Key: "
-            "group id. Headers: ce_specversion, ce_id, ce_type (group.created, group.updated, "
-            "group.deleted), ce_source, ce_subject, ce_time, ce_organizationid, "
-            "ce_groupversion, ce_commandid, traceparent."
+            "group id. Headers: ce_specversion, ce_id (the same on every re-publish), ce_type "
+            "(group.created, group.updated, group.deleted), ce_source, ce_subject, ce_time, "
+            "content-type, ce_organizationid, ce_groupversion, ce_commandid, and traceparent "
+            "when the command had one."
         ),
         schema=GroupEventSchema,
     )
@@ -86,9 +91,11 @@ def document_topics(broker: KafkaBroker, settings: Settings) -> None:
         settings.topic_dlq,
         title=f"{settings.topic_dlq}:DeadLetter",
         description=(
-            "Commands that could not be read: the original key and bytes, with the headers "
+            "Commands that could not be read: the original key, bytes and headers, plus "
             "dlq_reason, dlq_error, dlq_source_topic, dlq_source_partition, "
-            "dlq_source_offset and dlq_source_timestamp."
+            "dlq_source_offset and dlq_source_timestamp. A record over 1,000,000 bytes keeps "
+            "only its first bytes, with dlq_truncated and dlq_original_size instead of its "
+            "own headers; dlq_source_* point at the original."
         ),
         schema=bytes,
     )

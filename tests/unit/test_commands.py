@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
-from service.domain.commands import CreateGroup, DeleteGroup, UpdateGroup
+from service.domain.commands import (
+    DESCRIPTION_MAX,
+    NAME_MAX,
+    PLATFORM_ID_MAX,
+    Command,
+    CreateGroup,
+    DeleteGroup,
+    UpdateGroup,
+)
 from service.entrypoints.consumer import Invalid, parse_command
 
 MAX = 1024 * 1024
@@ -66,6 +76,7 @@ def test_the_contract_example_is_a_command() -> None:
             "name": "VIP Customers",
             "description": "High-value customers with premium benefits",
             "platform_id": "12345678",
+            "expected_version": 3,
         }
     )
     assert isinstance(parsed, CreateGroup)
@@ -304,7 +315,6 @@ def test_update_keeps_which_fields_were_sent() -> None:
 @pytest.mark.parametrize(
     ("type_", "fields"),
     [
-        ("group.create", {"expected_version": 1}),
         ("group.delete", {"name": "x"}),
         ("group.delete", {"description": "d"}),
         ("group.delete", {"platform_id": "p"}),
@@ -312,6 +322,32 @@ def test_update_keeps_which_fields_were_sent() -> None:
 )
 def test_fields_of_another_type_are_malformed(type_: str, fields: dict[str, Any]) -> None:
     assert malformed(body(type_, **fields)).reason == "invalid_schema"
+
+
+@pytest.mark.parametrize("version", [0, -1])
+def test_create_expected_version_must_be_positive_too(version: int) -> None:
+    assert rule_only(body(expected_version=version)).details == (
+        "expected_version must be a positive integer"
+    )
+
+
+def test_the_schema_states_the_rules_the_validators_check() -> None:
+    """Producers read the rules from the AsyncAPI document, generated from these models."""
+    schemas = TypeAdapter(Command).json_schema()["$defs"]
+    create, update, delete = (schemas[n] for n in ("CreateGroup", "UpdateGroup", "DeleteGroup"))
+    assert set(create["required"]) == {"command_id", "organization_id", "type", "name"}
+    assert set(update["required"]) == {"command_id", "organization_id", "type", "group_id"}
+    for schema in (create, update):
+        fields = schema["properties"]
+        assert (fields["name"]["minLength"], fields["name"]["maxLength"]) == (1, NAME_MAX)
+        assert fields["description"]["maxLength"] == DESCRIPTION_MAX
+        assert fields["platform_id"]["maxLength"] == PLATFORM_ID_MAX
+        assert fields["expected_version"]["minimum"] == 1
+    for schema in (create, update, delete):
+        pattern = re.compile(schema["properties"]["group_id"]["pattern"])
+        assert pattern.search("grp_" + "a" * 60)
+        assert not pattern.search("grp_" + "a" * 61)
+        assert not pattern.search("x grp_a")
 
 
 def test_schema_and_rule_breaks_together_are_malformed() -> None:
