@@ -228,6 +228,7 @@ class DeadLetter:
 # command onto the commands topic: such a copy keeps only its first bytes, and its
 # dlq_source_* headers still point at the original.
 DEAD_LETTER_MAX_BYTES = 1_000_000
+DLQ_PREFIX = "dlq_"
 _DEAD_LETTER_KEY_MAX = 1024
 
 # A reply_to topic is the producer's word: one that does not exist would hold up the whole
@@ -281,29 +282,28 @@ class CommandPublisher:
     async def _dead_letter(self, letter: DeadLetter) -> asyncio.Future[Any]:
         record = letter.record
         value, key = record.value, record.key
-        headers = {k: (v or b"").decode(errors="replace") for k, v in record.headers}
-        size = (
-            len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers.items())
-        )
+        # The producer's headers go along byte for byte, repeats and all; dlq_* ones from an
+        # earlier trip through the DLQ would contradict this one's.
+        headers = [(k, bytes(v or b"")) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
+        size = len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
         if size > DEAD_LETTER_MAX_BYTES:
-            headers = {"dlq_truncated": "true", "dlq_original_size": str(len(value or b""))}
+            headers = [
+                ("dlq_truncated", b"true"),
+                ("dlq_original_size", str(len(value or b"")).encode()),
+            ]
             key = key[:_DEAD_LETTER_KEY_MAX] if key is not None else None
             value = (value or b"")[: DEAD_LETTER_MAX_BYTES - 2 * _DEAD_LETTER_KEY_MAX]
-        headers.update(
-            {
-                "dlq_reason": letter.reason,
-                "dlq_error": letter.error[:1000],
-                "dlq_source_topic": record.topic,
-                "dlq_source_partition": str(record.partition),
-                "dlq_source_offset": str(record.offset),
-                "dlq_source_timestamp": str(record.timestamp),
-            }
-        )
+        about = {
+            "dlq_reason": letter.reason,
+            "dlq_error": letter.error[:1000],
+            "dlq_source_topic": record.topic,
+            "dlq_source_partition": str(record.partition),
+            "dlq_source_offset": str(record.offset),
+            "dlq_source_timestamp": str(record.timestamp),
+        }
+        headers += [(k, v.encode()) for k, v in about.items()]
         sent: asyncio.Future[Any] = await self._producer.send(
-            self._settings.topic_dlq,
-            value,
-            key=key,
-            headers=[(k, v.encode()) for k, v in headers.items()],
+            self._settings.topic_dlq, value, key=key, headers=headers
         )
         return sent
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from service.adapters.kafka import DLQ_PREFIX
 from service.config import Settings
 from service.entrypoints.consumer import Invalid, parse_command
 from service.ops.common import (
@@ -33,8 +34,6 @@ from service.ops.common import (
     span_since,
     text_of,
 )
-
-DLQ_PREFIX = "dlq_"
 
 
 @dataclass(frozen=True, slots=True)
