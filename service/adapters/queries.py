@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from service.adapters.command_store import GROUP_COLUMNS, group_from_row
 from service.adapters.db import Pool
+from service.domain.commands import GROUP_ID
 from service.domain.model import Group
 
 # Keyset order is (updated_at, id), served by the index customer_groups_org_updated. Cursor
@@ -57,7 +58,10 @@ def decode_cursor(cursor: str) -> Position:
     except (binascii.Error, UnicodeDecodeError) as error:
         raise ValueError("malformed cursor") from error
     micros, sep, group_id = raw.partition(":")
-    if not sep or not group_id or not micros.isascii() or not micros.lstrip("-").isdigit():
+    if not sep or not micros.isascii() or not micros.lstrip("-").isdigit():
+        raise ValueError("malformed cursor")
+    # The id goes to PostgreSQL as a parameter: one it refuses (a NUL) would be a 500.
+    if not GROUP_ID.fullmatch(group_id):
         raise ValueError("malformed cursor")
     try:
         return Position(_EPOCH + int(micros) * _MICROSECOND, group_id)
