@@ -213,7 +213,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
 class Reply:
     result: CommandResult
     reply_to: str | None = None
-    correlation_id: str | None = None
+    # Bytes: it goes back exactly as the producer sent it, UTF-8 or not.
+    correlation_id: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +315,7 @@ _JSON_CONTENT = ("content-type", b"application/json")
 def _headers(reply: Reply) -> list[tuple[str, bytes]]:
     headers = [_JSON_CONTENT]
     if reply.correlation_id is not None:
-        headers.append(("correlation_id", reply.correlation_id.encode()))
+        headers.append(("correlation_id", reply.correlation_id))
     return headers
 
 

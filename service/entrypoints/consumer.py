@@ -96,11 +96,16 @@ def _describe(problem: Any) -> str:
     return f"{where}: {problem['msg']}" if where else str(problem["msg"])
 
 
-def _header(record: Record, name: str) -> str | None:
+def _raw_header(record: Record, name: str) -> bytes | None:
     for key, value in record.headers:
         if key == name and value is not None:
-            return bytes(value).decode(errors="replace")
+            return bytes(value)
     return None
+
+
+def _header(record: Record, name: str) -> str | None:
+    value = _raw_header(record, name)
+    return None if value is None else value.decode(errors="replace")
 
 
 @dataclass(slots=True)
@@ -244,7 +249,7 @@ class CommandConsumer:
 
     @staticmethod
     def _reply(record: Record, result: CommandResult) -> Reply:
-        return Reply(result, _header(record, "reply_to"), _header(record, "correlation_id"))
+        return Reply(result, _header(record, "reply_to"), _raw_header(record, "correlation_id"))
 
 
 class Pipeline:

@@ -440,7 +440,7 @@ async def test_a_rule_break_is_answered_but_not_dead_lettered(
     assert kafka.records[settings.topic_dlq] == []
 
 
-async def test_headers_that_are_null_or_not_utf8_do_not_stop_the_consumer(
+async def test_headers_that_are_null_or_not_utf8_do_not_stop_the_consumer_and_go_back_as_sent(
     service: Container, kafka: KafkaProbe, settings: Settings
 ) -> None:
     good = command(name="Headers")
@@ -457,6 +457,12 @@ async def test_headers_that_are_null_or_not_utf8_do_not_stop_the_consumer(
         headers=[("x-null", None), ("x-binary", b"\xff\xfe")],
     )
     assert (await kafka.result(good["command_id"], timeout=20))["code"] == 201
+    [answer] = [
+        r
+        for r in kafka.records[settings.topic_results]
+        if json.loads(r.value)["command_id"] == good["command_id"]
+    ]
+    assert dict(answer.headers)["correlation_id"] == b"\xff-corr"
     [letter] = await kafka.wait_for(settings.topic_dlq, lambda r: len(r) == 1, timeout=20)
     assert letter.value == b"junk"
     headers = dict(letter.headers)

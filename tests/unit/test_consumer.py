@@ -128,7 +128,7 @@ async def test_reply_to_and_correlation_id_come_from_the_headers() -> None:
         [record(0, create("c1", "A"), headers), record(1, create("c2", "B"), [("reply_to", None)])]
     )
     assert [(r.reply_to, r.correlation_id) for r in publisher.replies] == [
-        ("replies", "c-9"),
+        ("replies", b"c-9"),
         (None, None),
     ]
 
