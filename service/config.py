@@ -9,11 +9,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.domain.commands import valid_organization_id
+
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # A refused value is not echoed: API_TOKENS and DATABASE_URL hold secrets.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     database_url: SecretStr = SecretStr(
         "postgresql://customer_groups:customer_groups@127.0.0.1:55432/customer_groups?sslmode=disable"
@@ -84,6 +87,12 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_well_formed(cls, value: SecretStr) -> SecretStr:
+        parse_api_tokens(value.get_secret_value())
+        return value
+
     @property
     def topics(self) -> tuple[str, ...]:
         """Every topic the service reads or writes."""
@@ -122,12 +131,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def token_organizations(self) -> dict[str, str]:
-        pairs: dict[str, str] = {}
-        for item in self.api_tokens.get_secret_value().split(","):
-            token, sep, organization = item.strip().partition("=")
-            if sep and token and organization:
-                pairs[token] = organization
-        return pairs
+        return parse_api_tokens(self.api_tokens.get_secret_value())
 
     def kafka_ssl_context(self) -> ssl.SSLContext | None:
         if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
@@ -144,3 +148,27 @@ class Settings(BaseSettings):
         context = ssl.create_default_context(cafile=self.database_ssl_root_cert)
         context.check_hostname = mode == "verify-full"
         return context
+
+
+def parse_api_tokens(text: str) -> dict[str, str]:
+    """`token=organization_id,...` as {token: organization_id}; blank entries are skipped.
+
+    Split at the last '=', since an organization id has none and a token (base64) may end
+    in some. Errors name the entry by position, never by its token."""
+    pairs: dict[str, str] = {}
+    for position, item in enumerate(text.split(","), start=1):
+        if not item.strip():
+            continue
+        token, sep, organization_id = (part.strip() for part in item.rpartition("="))
+        where = f"API_TOKENS entry {position}"
+        if not sep or not token:
+            raise ValueError(f"{where} must be TOKEN=ORGANIZATION_ID")
+        if not valid_organization_id(organization_id):
+            raise ValueError(
+                f"{where}: organization id {organization_id!r} must be 1-64 characters"
+                " of [A-Za-z0-9_.:-]"
+            )
+        if token in pairs:
+            raise ValueError(f"{where} repeats the token of an earlier entry")
+        pairs[token] = organization_id
+    return pairs

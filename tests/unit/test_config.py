@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from service.config import Settings
 
@@ -25,3 +26,26 @@ def test_secrets_do_not_show_in_the_settings_repr() -> None:
     settings = Settings(database_url="postgresql://u:hunter2@db/x", api_tokens="tok=org_a")
     assert "hunter2" not in repr(settings)
     assert "tok=" not in repr(settings)
+
+
+def test_api_tokens_are_trimmed_and_may_end_in_base64_padding() -> None:
+    settings = Settings(api_tokens=" token-a = org_a ,, dG9rZW4= = org.b:1 ,")
+    assert settings.token_organizations == {"token-a": "org_a", "dG9rZW4=": "org.b:1"}
+    assert Settings(api_tokens=" ").token_organizations == {}
+
+
+@pytest.mark.parametrize(
+    ("api_tokens", "message"),
+    [
+        ("t=org_a,just-a-token", "API_TOKENS entry 2 must be TOKEN=ORGANIZATION_ID"),
+        ("=org_a", "API_TOKENS entry 1 must be TOKEN=ORGANIZATION_ID"),
+        ("t=", "API_TOKENS entry 1: organization id '' must be"),
+        ("t=org a", "API_TOKENS entry 1: organization id 'org a' must be"),
+        ("t=" + "o" * 65, "API_TOKENS entry 1: organization id 'ooo"),
+        ("t=org_a,t=org_b", "API_TOKENS entry 2 repeats the token of an earlier entry"),
+    ],
+)
+def test_a_malformed_api_tokens_entry_fails_at_startup(api_tokens: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as refused:
+        Settings(api_tokens=api_tokens)
+    assert "t=org" not in str(refused.value)
