@@ -233,8 +233,11 @@ DLQ_PREFIX = "dlq_"
 _DEAD_LETTER_KEY_MAX = 1024
 
 # A reply_to topic is the producer's word: one that does not exist would hold up the whole
-# partition while the producer waits for its metadata, so its copy gets this long, once.
+# partition while the producer waits for its metadata, so its copy gets this long, once;
+# then copies to it are skipped for a while, or every batch naming it would wait as long.
 REPLY_TO_TIMEOUT_S = 2.0
+REPLY_TO_SKIP_S = 60.0
+_REPLY_TO_SKIPPED_MAX = 1000
 
 
 class CommandPublisher:
@@ -247,6 +250,7 @@ class CommandPublisher:
         self._settings = settings
         # Producers may not aim replies into the service's own streams.
         self._own_topics = set(settings.topics)
+        self._skipped_until: dict[str, float] = {}
 
     async def send(self, replies: Sequence[Reply], dead: Sequence[DeadLetter] = ()) -> None:
         pending = [await self._dead_letter(letter) for letter in dead]
@@ -256,7 +260,7 @@ class CommandPublisher:
             body = orjson.dumps(reply.result.to_json())
             key = reply.result.organization_id.encode()
             results.append((key, body, _headers(reply)))
-            if reply.reply_to and reply.reply_to not in self._own_topics:
+            if reply.reply_to and self._writable(reply.reply_to):
                 extra.append(self._reply_to(body, key, reply))
         pending += await send_batches(self._producer, self._settings.topic_results, results)
         if pending:
@@ -264,9 +268,16 @@ class CommandPublisher:
         if extra:
             await asyncio.gather(*extra)
 
+    def _writable(self, topic: str) -> bool:
+        if topic in self._own_topics:
+            return False
+        until = self._skipped_until.get(topic)
+        return until is None or until <= asyncio.get_running_loop().time()
+
     async def _reply_to(self, body: bytes, key: bytes, reply: Reply) -> None:
+        topic = str(reply.reply_to)
+
         async def publish() -> None:
-            topic = str(reply.reply_to)
             await (await self._producer.send(topic, body, key=key, headers=_headers(reply)))
 
         try:
@@ -274,11 +285,15 @@ class CommandPublisher:
                 await publish()
         except (TimeoutError, KafkaError) as error:
             log.warning(
-                "no copy of result %s to reply_to %r: %r",
+                "no copy of result %s to reply_to %r, none for %.0fs: %r",
                 reply.result.command_id,
-                reply.reply_to,
+                topic,
+                REPLY_TO_SKIP_S,
                 error,
             )
+            if len(self._skipped_until) >= _REPLY_TO_SKIPPED_MAX:
+                self._skipped_until.clear()
+            self._skipped_until[topic] = asyncio.get_running_loop().time() + REPLY_TO_SKIP_S
 
     async def _dead_letter(self, letter: DeadLetter) -> asyncio.Future[Any]:
         record = letter.record
