@@ -305,22 +305,26 @@ async def _execute(
     if traceparent := request.headers.get("traceparent"):
         headers["traceparent"] = traceparent
     correlation_id = str(uuid.uuid4())
+    # One deadline for both steps, so that no write waits longer than the setting says.
+    deadline = asyncio.get_running_loop().time() + settings.http_command_timeout_s
     try:
         async with waiter.expect(correlation_id) as result:
+            # Until Kafka acknowledges the command it may never be queued: a timeout here
+            # is a 503, never the 202 that says the command is queued.
+            async with asyncio.timeout_at(deadline):
+                await container.broker.publish(
+                    orjson.dumps(command.model_dump(mode="json", exclude_unset=True)),
+                    settings.topic_commands,
+                    key=organization_id.encode(),
+                    headers=headers,
+                    correlation_id=correlation_id,
+                )
             try:
-                async with asyncio.timeout(settings.http_command_timeout_s):
-                    await container.broker.publish(
-                        orjson.dumps(command.model_dump(mode="json", exclude_unset=True)),
-                        settings.topic_commands,
-                        key=organization_id.encode(),
-                        headers=headers,
-                        correlation_id=correlation_id,
-                    )
+                async with asyncio.timeout_at(deadline):
                     return await result
             except TimeoutError:
                 return command.command_id
     except (KafkaError, TimeoutError) as error:
-        # The command was not sent: Kafka did not answer before it could be.
         log.warning("publishing a command failed: %r", error)
         raise ApiError(503, "Service unavailable", "Kafka is unreachable") from error
 

@@ -1,0 +1,126 @@
+"""The HTTP API's answers that need neither Kafka nor PostgreSQL, with stand-ins for both."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka.errors import KafkaConnectionError
+from fastapi import FastAPI
+
+from service.config import Settings
+from service.domain.results import CommandResult
+from service.entrypoints.http import create_app
+
+GROUPS = "/api/v1/customer-groups"
+ORG_A = {"Authorization": "Bearer token-a"}
+JSON = {**ORG_A, "Content-Type": "application/json"}
+MAX_BYTES = 4096
+
+
+class FakeBroker:
+    """Publishes at once, or raises `error`, or (`acknowledges=False`) never returns, as
+    aiokafka's send does while it waits for metadata from an unreachable Kafka."""
+
+    def __init__(self, *, acknowledges: bool = True, error: Exception | None = None) -> None:
+        self.acknowledges = acknowledges
+        self.error = error
+        self.published: list[bytes] = []
+
+    async def publish(self, message: bytes, topic: str, **_: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        if not self.acknowledges:
+            await asyncio.Event().wait()
+        self.published.append(message)
+
+
+class FakePool:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    async def fetch(self, *_: Any) -> list[Any]:
+        if self.error is not None:
+            raise self.error
+        return []
+
+    async def fetchrow(self, *_: Any) -> Any:
+        if self.error is not None:
+            raise self.error
+        return None
+
+
+class SilentResults:
+    """A results topic on which no result ever comes."""
+
+    @contextlib.asynccontextmanager
+    async def expect(self, correlation_id: str) -> AsyncIterator[asyncio.Future[CommandResult]]:
+        yield asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class FakeContainer:
+    settings: Settings
+    broker: FakeBroker = field(default_factory=FakeBroker)
+    pool: FakePool = field(default_factory=FakePool)
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "api_tokens": "token-a=org_a",
+        "http_command_timeout_s": 0.5,
+        "command_max_bytes": MAX_BYTES,
+    }
+    return Settings(_env_file=None, **(values | overrides))
+
+
+def app_on(container: FakeContainer) -> FastAPI:
+    """The real app, its lifespan's services replaced by `container`'s stand-ins."""
+    app = create_app(container.settings)
+    app.state.container = container
+    app.state.results = SilentResults()
+    return app
+
+
+@contextlib.asynccontextmanager
+async def client_of(container: FakeContainer) -> AsyncIterator[httpx.AsyncClient]:
+    # A 500 is an answer to check here, not an error to raise into the test.
+    transport = httpx.ASGITransport(app=app_on(container), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        yield client
+
+
+def error(code: int, message: str, details: object = None) -> dict[str, object]:
+    return {"code": code, "error": message, "details": details}
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [FakeBroker(acknowledges=False), FakeBroker(error=KafkaConnectionError())],
+    ids=["never acknowledged", "refused"],
+)
+async def test_a_command_kafka_did_not_acknowledge_is_503_not_queued(broker: FakeBroker) -> None:
+    container = FakeContainer(settings(), broker=broker)
+    async with client_of(container) as client:
+        response = await client.post(GROUPS, json={"name": "VIP"}, headers=ORG_A)
+
+    assert response.status_code == 503
+    assert response.json() == error(503, "Service unavailable", "Kafka is unreachable")
+    assert broker.published == []
+
+
+async def test_an_acknowledged_command_without_a_result_in_time_is_202_queued() -> None:
+    container = FakeContainer(settings())
+    async with client_of(container) as client:
+        response = await client.post(
+            GROUPS, json={"name": "VIP"}, headers={**ORG_A, "Idempotency-Key": "vip-1"}
+        )
+
+    assert response.status_code == 202
+    assert response.json() == {"command_id": "vip-1"}
+    assert len(container.broker.published) == 1
