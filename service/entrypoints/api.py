@@ -12,8 +12,9 @@ import hmac
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import orjson
@@ -23,6 +24,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, R
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from service.adapters import queries
 from service.adapters.kafka import client_options
@@ -41,6 +43,7 @@ from service.domain.ports import AnyCommand
 from service.domain.results import CommandResult
 from service.entrypoints.asyncapi import GroupSchema
 from service.entrypoints.consumer import Invalid, parse_command
+from service.observability import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -114,19 +117,27 @@ class PatchBody(CreateBody):
     model_config = ConfigDict(extra="forbid", json_schema_extra=None)
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in [
-        (401, "Missing or unknown bearer token"),
-        (404, "No such group in this organization"),
-        (409, "Name taken, version conflict, or Idempotency-Key reused with another body"),
-        (422, "Invalid JSON, fields or parameters"),
-        (503, "Kafka is unreachable"),
-    ]
-}
+def _errors(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody, "description": text} for code, text in described}
+
+
+ERRORS = _errors(
+    (401, "Missing or unknown bearer token"),
+    (404, "No such group in this organization"),
+    (422, "Invalid parameters"),
+    (503, "PostgreSQL is unreachable"),
+)
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERRORS,
-    202: {"model": Accepted, "description": "No result within the wait; the command is queued"},
+    **_errors(
+        (409, "Name taken, version conflict, or Idempotency-Key reused with another body"),
+        (422, "Invalid JSON, fields or parameters"),
+        (503, "Kafka did not acknowledge the command in time: it may not be queued"),
+    ),
+    202: {
+        "model": Accepted,
+        "description": "Kafka has the command, but its result did not come within the wait",
+    },
 }
 
 _bearer = HTTPBearer(auto_error=False, description="A token configured in API_TOKENS")
@@ -371,19 +382,20 @@ async def list_groups(
             after = queries.decode_cursor(cursor)
         except ValueError as error:
             raise ApiError(422, InvalidCommand.error, "Invalid cursor") from error
-    result = await queries.list_groups(
-        _container(request).pool,
-        organization_id,
-        limit=limit,
-        offset=(page - 1) * limit,
-        after=after,
-        updated_from=None if updated_at_min is None else _from_ms(updated_at_min),
-        # Inclusive of the whole millisecond: updated_at has microseconds.
-        updated_to=None
-        if updated_at_max is None
-        else _from_ms(updated_at_max) + timedelta(microseconds=999),
-        include_deleted=include_deleted,
-    )
+    with _reading():
+        result = await queries.list_groups(
+            _container(request).pool,
+            organization_id,
+            limit=limit,
+            offset=(page - 1) * limit,
+            after=after,
+            updated_from=None if updated_at_min is None else _from_ms(updated_at_min),
+            # Inclusive of the whole millisecond: updated_at has microseconds.
+            updated_to=None
+            if updated_at_max is None
+            else _from_ms(updated_at_max) + timedelta(microseconds=999),
+            include_deleted=include_deleted,
+        )
     return _json(
         {
             "customer_groups": [group_json(g) for g in result.groups],
@@ -398,6 +410,18 @@ def _from_ms(millis: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=millis)
 
 
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """PostgreSQL unreachable (or shedding load) is a 503 for reads, as Kafka is for writes."""
+    try:
+        yield
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        log.warning("reading groups failed: %r", error)
+        raise ApiError(503, "Service unavailable", "PostgreSQL is unreachable") from error
+
+
 @router.get("/{group_id}", response_model=GroupBody, responses=ERRORS)
 async def get_group(
     request: Request,
@@ -407,9 +431,10 @@ async def get_group(
     include_deleted: bool = False,
 ) -> Response:
     """One group; ETag is its version."""
-    group: Group | None = await queries.get_group(
-        _container(request).pool, organization_id, _group_id(group_id)
-    )
+    with _reading():
+        group: Group | None = await queries.get_group(
+            _container(request).pool, organization_id, _group_id(group_id)
+        )
     if group is None or (group.deleted_at is not None and not include_deleted):
         raise ApiError.of(GroupNotFound(group_id))
     return _group_response(group_json(group), 200)
@@ -493,22 +518,40 @@ def _describe(problem: Any) -> str:
     return f"{where}: {problem['msg']}"
 
 
+def _error(
+    code: int, error: str, details: Any = None, headers: Mapping[str, str] | None = None
+) -> Response:
+    return _json({"code": code, "error": error, "details": details}, code, dict(headers or {}))
+
+
 async def _api_error(_: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)
     headers = {"WWW-Authenticate": "Bearer"} if error.code == 401 else None
-    return _json(
-        {"code": error.code, "error": error.error, "details": error.details}, error.code, headers
-    )
+    return _error(error.code, error.error, error.details, headers)
+
+
+async def _http_error(_: Request, error: Exception) -> Response:
+    """Starlette's and FastAPI's own: unknown path, wrong method, unreadable body."""
+    assert isinstance(error, HTTPException)
+    phrase = HTTPStatus(error.status_code).phrase
+    details = None if error.detail == phrase else error.detail
+    return _error(error.status_code, phrase, details, error.headers)
+
+
+async def _server_error(_: Request, error: Exception) -> Response:  # noqa: ARG001
+    return _error(500, "Internal server error")
 
 
 async def _invalid_request(_: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
     details = "; ".join(_describe(p) for p in error.errors())
-    return _json({"code": 422, "error": InvalidCommand.error, "details": details}, 422)
+    return _error(422, InvalidCommand.error, details)
 
 
 def install(app: FastAPI) -> None:
     """Mount the API; the app's lifespan puts a started ResultWaiter on app.state.results."""
     app.include_router(router)
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _server_error)

@@ -55,6 +55,14 @@ async def test_readiness_follows_postgres(settings: Settings, pool: asyncpg.Pool
             down = await wait_for_status(client, "/health/ready", 503)
             assert down.json()["status"] == "unavailable"
             assert "postgres" in down.json()["problems"]
+            for path in (GROUPS, f"{GROUPS}/grp_1"):
+                read = await client.get(path, headers=ORG_A)
+                assert read.status_code == 503, path
+                assert read.json() == {
+                    "code": 503,
+                    "error": "Service unavailable",
+                    "details": "PostgreSQL is unreachable",
+                }
 
             await proxy.start()
             up = await wait_for_status(client, "/health/ready", 200)

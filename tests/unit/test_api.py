@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka.errors import KafkaConnectionError
@@ -124,3 +125,55 @@ async def test_an_acknowledged_command_without_a_result_in_time_is_202_queued() 
     assert response.status_code == 202
     assert response.json() == {"command_id": "vip-1"}
     assert len(container.broker.published) == 1
+
+
+async def test_the_frameworks_own_errors_have_the_linkit_shape() -> None:
+    container = FakeContainer(settings())
+    async with client_of(container) as client:
+        unknown = await client.get("/api/v1/nothing-here", headers=ORG_A)
+        wrong_method = await client.delete(GROUPS, headers=ORG_A)
+        not_utf8 = await client.post(GROUPS, content=b'{"name": "\xff"}', headers=JSON)
+        too_deep = await client.post(GROUPS, content=b"[" * 4000, headers=JSON)
+        no_token = await client.get(GROUPS)
+
+    assert unknown.status_code == 404
+    assert unknown.json() == error(404, "Not Found")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == error(405, "Method Not Allowed")
+    assert "allow" in wrong_method.headers
+    for unreadable in (not_utf8, too_deep):
+        assert unreadable.status_code == 400
+        assert unreadable.json() == error(400, "Bad Request", "There was an error parsing the body")
+    assert no_token.status_code == 401
+    assert no_token.headers["www-authenticate"] == "Bearer"
+    assert container.broker.published == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+    ],
+    ids=type,
+)
+async def test_reads_while_postgres_is_unreachable_are_503(failure: Exception) -> None:
+    container = FakeContainer(settings(), pool=FakePool(failure))
+    async with client_of(container) as client:
+        listed = await client.get(GROUPS, headers=ORG_A)
+        fetched = await client.get(f"{GROUPS}/grp_1", headers=ORG_A)
+
+    for response in (listed, fetched):
+        assert response.status_code == 503
+        assert response.json() == error(503, "Service unavailable", "PostgreSQL is unreachable")
+
+
+async def test_any_other_failure_is_a_500_in_the_linkit_shape() -> None:
+    container = FakeContainer(settings(), pool=FakePool(asyncpg.UndefinedTableError("no table")))
+    async with client_of(container) as client:
+        response = await client.get(GROUPS, headers=ORG_A)
+
+    assert response.status_code == 500
+    assert response.json() == error(500, "Internal server error")
