@@ -131,6 +131,7 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     **_errors(
         (409, "Name taken, version conflict, or Idempotency-Key reused with another body"),
+        (415, "The body is not sent as application/json"),
         (422, "Invalid JSON, fields or parameters"),
         (503, "Kafka did not acknowledge the command in time: it may not be queued"),
     ),
@@ -542,9 +543,18 @@ async def _server_error(_: Request, error: Exception) -> Response:  # noqa: ARG0
     return _error(500, "Internal server error")
 
 
+def _unparsed_body(problem: Any) -> bool:
+    # FastAPI parses the body as JSON only when its Content-Type says JSON, and otherwise
+    # validates the bytes themselves.
+    return tuple(problem["loc"]) == ("body",) and isinstance(problem.get("input"), bytes)
+
+
 async def _invalid_request(_: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
-    details = "; ".join(_describe(p) for p in error.errors())
+    problems = error.errors()
+    if any(_unparsed_body(p) for p in problems):
+        return _error(415, "Unsupported media type", "Content-Type must be application/json")
+    details = "; ".join(_describe(p) for p in problems)
     return _error(422, InvalidCommand.error, details)
 
 

@@ -177,3 +177,30 @@ async def test_any_other_failure_is_a_500_in_the_linkit_shape() -> None:
 
     assert response.status_code == 500
     assert response.json() == error(500, "Internal server error")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_a_json_body_sent_as_another_content_type_is_415(content_type: str) -> None:
+    container = FakeContainer(settings())
+    async with client_of(container) as client:
+        response = await client.post(
+            GROUPS, content=b'{"name": "VIP"}', headers={**ORG_A, "Content-Type": content_type}
+        )
+
+    assert response.status_code == 415
+    assert response.json() == error(
+        415, "Unsupported media type", "Content-Type must be application/json"
+    )
+    assert container.broker.published == []
+
+
+async def test_a_json_subtype_is_json() -> None:
+    container = FakeContainer(settings())
+    async with client_of(container) as client:
+        response = await client.patch(
+            f"{GROUPS}/grp_1",
+            content=b'{"name": "VIP"}',
+            headers={**ORG_A, "Content-Type": "application/merge-patch+json"},
+        )
+
+    assert response.status_code == 202, response.text
