@@ -24,7 +24,9 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, R
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.adapters import queries
 from service.adapters.kafka import client_options
@@ -54,11 +56,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _VERSION_TAG = re.compile(r'(?:W/)?"?([0-9]{1,9})"?')
 
 
-class ApiError(Exception):
-    """An error response in the Linkit shape: {"code", "error", "details"}."""
+class ApiError(HTTPException):
+    """An error response in the Linkit shape: {"code", "error", "details"}.
+
+    An HTTPException because FastAPI turns any other exception raised while it reads the
+    body (BodyLimit raises one there) into a 400 of its own."""
 
     def __init__(self, code: int, error: str, details: Any = None) -> None:
-        super().__init__(error)
+        super().__init__(code, error)
         self.code = code
         self.error = error
         self.details = details
@@ -131,6 +136,7 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     **_errors(
         (409, "Name taken, version conflict, or Idempotency-Key reused with another body"),
+        (413, "The body is larger than COMMAND_MAX_BYTES"),
         (415, "The body is not sent as application/json"),
         (422, "Invalid JSON, fields or parameters"),
         (503, "Kafka did not acknowledge the command in time: it may not be queued"),
@@ -142,6 +148,41 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 _bearer = HTTPBearer(auto_error=False, description="A token configured in API_TOKENS")
+
+
+class BodyLimit:
+    """Refuses a request body larger than `max_bytes` with 413 without reading more of it:
+    by its Content-Length before reading any, or as soon as the chunks read exceed it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> ApiError:
+        return ApiError(
+            413, "Request body too large", f"The body must be at most {self.max_bytes} bytes"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
+            await _error_response(self._too_large())(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, bounded_receive, send)
 
 
 def _container(request: Request) -> Container:
@@ -525,10 +566,14 @@ def _error(
     return _json({"code": code, "error": error, "details": details}, code, dict(headers or {}))
 
 
-async def _api_error(_: Request, error: Exception) -> Response:
-    assert isinstance(error, ApiError)
+def _error_response(error: ApiError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if error.code == 401 else None
     return _error(error.code, error.error, error.details, headers)
+
+
+async def _api_error(_: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return _error_response(error)
 
 
 async def _http_error(_: Request, error: Exception) -> Response:
@@ -558,9 +603,10 @@ async def _invalid_request(_: Request, error: Exception) -> Response:
     return _error(422, InvalidCommand.error, details)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, max_body_bytes: int) -> None:
     """Mount the API; the app's lifespan puts a started ResultWaiter on app.state.results."""
     app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -48,7 +48,7 @@ def create_app(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> FastAP
         lifespan=app_lifespan,
     )
     if Role.HTTP in roles:
-        api.install(app)
+        api.install(app, max_body_bytes=settings.command_max_bytes)
 
     @app.get("/health/live", tags=["ops"])
     async def live() -> dict[str, str]:

@@ -132,6 +132,7 @@ async def test_openapi_documents_the_http_api(client: httpx.AsyncClient) -> None
     document = (await client.get("/openapi.json")).json()
 
     assert set(document["paths"][GROUPS]) == {"get", "post"}
+    assert {"202", "413", "415", "503"} <= set(document["paths"][GROUPS]["post"]["responses"])
     assert set(document["paths"][GROUPS + "/{group_id}"]) == {"get", "put", "patch", "delete"}
     assert any(s["scheme"] == "bearer" for s in document["components"]["securitySchemes"].values())
     create_body = document["components"]["schemas"]["CreateBody"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,3 +204,60 @@ async def test_a_json_subtype_is_json() -> None:
         )
 
     assert response.status_code == 202, response.text
+
+
+TOO_LARGE = error(413, "Request body too large", f"The body must be at most {MAX_BYTES} bytes")
+
+
+def counted_chunks(count: int, size: int) -> tuple[AsyncIterator[bytes], Callable[[], int]]:
+    """A body of `count` chunks of `size` bytes, and how many of them were read so far."""
+    read = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal read
+        for _ in range(count):
+            read += 1
+            yield b" " * size
+
+    return chunks(), lambda: read
+
+
+async def test_a_body_over_the_limit_by_its_content_length_is_413_and_not_read() -> None:
+    body, chunks_read = counted_chunks(100, 1024)
+    container = FakeContainer(settings())
+    async with client_of(container) as client:
+        response = await client.post(
+            GROUPS, content=body, headers={**JSON, "Content-Length": str(100 * 1024)}
+        )
+
+    assert response.status_code == 413
+    assert response.json() == TOO_LARGE
+    assert chunks_read() == 0
+
+
+async def test_a_chunked_body_is_read_only_up_to_the_limit() -> None:
+    body, chunks_read = counted_chunks(100, 1024)
+    container = FakeContainer(settings())
+    async with client_of(container) as client:
+        response = await client.post(GROUPS, content=body, headers=JSON)
+
+    assert response.status_code == 413
+    assert response.json() == TOO_LARGE
+    assert chunks_read() == MAX_BYTES // 1024 + 1
+    assert container.broker.published == []
+
+
+async def test_a_body_of_exactly_the_limit_is_taken() -> None:
+    fields = b'{"name": "VIP"}'
+    container = FakeContainer(settings())
+    async with client_of(container) as client:
+        at_limit = await client.post(
+            GROUPS, content=fields + b" " * (MAX_BYTES - len(fields)), headers=JSON
+        )
+        over = await client.post(
+            GROUPS, content=fields + b" " * (MAX_BYTES + 1 - len(fields)), headers=JSON
+        )
+
+    assert at_limit.status_code == 202, at_limit.text
+    assert over.status_code == 413
+    assert over.json() == TOO_LARGE
