@@ -22,6 +22,11 @@ PROBE_TIMEOUT_S = 2.0
 
 
 def create_app(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
+    """HTTP_ENABLED=false leaves out the API as a `--role` list without http does; health,
+    metrics and docs are served all the same."""
+    if not settings.http_enabled:
+        roles = roles - {Role.HTTP}
+
     @contextlib.asynccontextmanager
     async def app_lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with lifespan(settings, roles) as container:

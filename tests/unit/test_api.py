@@ -261,3 +261,11 @@ async def test_a_body_of_exactly_the_limit_is_taken() -> None:
     assert at_limit.status_code == 202, at_limit.text
     assert over.status_code == 413
     assert over.json() == TOO_LARGE
+
+
+async def test_http_enabled_false_serves_no_api_but_still_health() -> None:
+    async with client_of(FakeContainer(settings())) as client:
+        assert (await client.get(GROUPS, headers=ORG_A)).status_code == 200
+    async with client_of(FakeContainer(settings(http_enabled=False))) as client:
+        assert (await client.get(GROUPS, headers=ORG_A)).status_code == 404
+        assert (await client.get("/health/live")).status_code == 200
