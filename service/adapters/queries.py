@@ -45,28 +45,70 @@ class Position:
         return cls(group.updated_at, group.id)
 
 
-def encode_cursor(position: Position) -> str:
-    micros = (position.updated_at - _EPOCH) // _MICROSECOND
-    raw = f"{micros}:{position.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What a listing is narrowed to; bounds are inclusive."""
+
+    updated_from: datetime | None = None
+    updated_to: datetime | None = None
+    include_deleted: bool = False
 
 
-def decode_cursor(cursor: str) -> Position:
-    """Raises ValueError for anything encode_cursor did not make."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError) as error:
-        raise ValueError("malformed cursor") from error
-    micros, sep, group_id = raw.partition(":")
-    if not sep or not micros.isascii() or not micros.lstrip("-").isdigit():
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A position and the filters of the listing it belongs to: a client that sends only
+    the cursor for the next page (as Rutter's clients do) stays in the same listing."""
+
+    position: Position
+    filters: Filters = Filters()
+
+
+def _micros(moment: datetime | None) -> str:
+    return "" if moment is None else str((moment - _EPOCH) // _MICROSECOND)
+
+
+def _moment(micros: str) -> datetime:
+    if not micros.isascii() or not micros.lstrip("-").isdigit():
         raise ValueError("malformed cursor")
-    # The id goes to PostgreSQL as a parameter: one it refuses (a NUL) would be a 500.
-    if not GROUP_ID.fullmatch(group_id):
-        raise ValueError("malformed cursor")
     try:
-        return Position(_EPOCH + int(micros) * _MICROSECOND, group_id)
+        return _EPOCH + int(micros) * _MICROSECOND
     except OverflowError as error:
         raise ValueError("malformed cursor") from error
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    position, filters = cursor.position, cursor.filters
+    raw = f"{_micros(position.updated_at)}:{position.id}"
+    if filters != Filters():
+        raw += (
+            f":{_micros(filters.updated_from)}:{_micros(filters.updated_to)}"
+            f":{int(filters.include_deleted)}"
+        )
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> Cursor:
+    """Raises ValueError for anything encode_cursor did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as error:
+        raise ValueError("malformed cursor") from error
+    parts = raw.split(":")
+    # The id goes to PostgreSQL as a parameter: one it refuses (a NUL) would be a 500.
+    if len(parts) not in (2, 5) or not GROUP_ID.fullmatch(parts[1]):
+        raise ValueError("malformed cursor")
+    position = Position(_moment(parts[0]), parts[1])
+    if len(parts) == 2:
+        return Cursor(position)
+    updated_from, updated_to, deleted = parts[2:]
+    if deleted not in ("0", "1"):
+        raise ValueError("malformed cursor")
+    filters = Filters(
+        _moment(updated_from) if updated_from else None,
+        _moment(updated_to) if updated_to else None,
+        deleted == "1",
+    )
+    return Cursor(position, filters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +124,15 @@ async def list_groups(
     limit: int,
     offset: int = 0,
     after: Position | None = None,
-    updated_from: datetime | None = None,
-    updated_to: datetime | None = None,
-    include_deleted: bool = False,
+    filters: Filters = Filters(),
 ) -> Page:
-    """One page in (updated_at, id) order; `updated_from`/`updated_to` are inclusive."""
+    """One page in (updated_at, id) order."""
     rows = await pool.fetch(
         SELECT_PAGE,
         organization_id,
-        include_deleted,
-        updated_from,
-        updated_to,
+        filters.include_deleted,
+        filters.updated_from,
+        filters.updated_to,
         after.updated_at if after else None,
         after.id if after else None,
         limit + 1,

@@ -413,17 +413,27 @@ async def list_groups(
     updated_at_max: Annotated[
         int | None, Query(ge=0, le=_MAX_MS, description="Unix ms, inclusive")
     ] = None,
-    include_deleted: bool = False,
+    include_deleted: bool | None = None,
 ) -> Response:
-    """Groups in (updated_at, id) order, by `page` or by `cursor`."""
-    after = None
+    """Groups in (updated_at, id) order, by `page` or by `cursor`. A cursor carries its
+    listing's filters; parameters sent with it replace them."""
+    after, carried = None, queries.Filters()
     if cursor is not None:
         if page != 1:
             raise ApiError(422, InvalidCommand.error, "Use either page or cursor, not both")
         try:
-            after = queries.decode_cursor(cursor)
+            decoded = queries.decode_cursor(cursor)
         except ValueError as error:
             raise ApiError(422, InvalidCommand.error, "Invalid cursor") from error
+        after, carried = decoded.position, decoded.filters
+    filters = queries.Filters(
+        carried.updated_from if updated_at_min is None else _from_ms(updated_at_min),
+        # Inclusive of the whole millisecond: updated_at has microseconds.
+        carried.updated_to
+        if updated_at_max is None
+        else _from_ms(updated_at_max) + timedelta(microseconds=999),
+        carried.include_deleted if include_deleted is None else include_deleted,
+    )
     with _reading():
         result = await queries.list_groups(
             _container(request).pool,
@@ -431,17 +441,13 @@ async def list_groups(
             limit=limit,
             offset=(page - 1) * limit,
             after=after,
-            updated_from=None if updated_at_min is None else _from_ms(updated_at_min),
-            # Inclusive of the whole millisecond: updated_at has microseconds.
-            updated_to=None
-            if updated_at_max is None
-            else _from_ms(updated_at_max) + timedelta(microseconds=999),
-            include_deleted=include_deleted,
+            filters=filters,
         )
+    next_cursor = None if result.next is None else queries.Cursor(result.next, filters)
     return _json(
         {
             "customer_groups": [group_json(g) for g in result.groups],
-            "next_cursor": None if result.next is None else queries.encode_cursor(result.next),
+            "next_cursor": None if next_cursor is None else queries.encode_cursor(next_cursor),
             "page": page,
             "limit": limit,
         }

@@ -127,6 +127,25 @@ async def test_updated_at_bounds_are_inclusive_milliseconds(client: httpx.AsyncC
     assert await window(low, None) == expected(low, 2**62)
 
 
+async def test_a_cursor_alone_keeps_its_listings_filters(client: httpx.AsyncClient) -> None:
+    groups = sorted(await create_many(client, 25), key=order_key)
+    low, high = millis(groups[5]["updated_at"]), millis(groups[18]["updated_at"])
+    body = await list_page(client, limit=4, updated_at_min=low, updated_at_max=high)
+    seen = [g["id"] for g in body["customer_groups"]]
+    while body["next_cursor"] is not None:
+        body = await list_page(client, limit=4, cursor=body["next_cursor"])
+        seen += [g["id"] for g in body["customer_groups"]]
+    assert seen == [g["id"] for g in groups if low <= millis(g["updated_at"]) <= high]
+
+    first = await list_page(client, limit=4, updated_at_max=high)
+    rest = await list_page(
+        client, limit=100, cursor=first["next_cursor"], updated_at_max=high + 10_000
+    )
+    assert [g["id"] for g in rest["customer_groups"]] == [g["id"] for g in groups[4:]], (
+        "parameters sent with a cursor replace its own"
+    )
+
+
 async def test_deleted_groups_are_listed_only_when_asked(client: httpx.AsyncClient) -> None:
     kept, gone = await create(client, "Kept"), await create(client, "Gone")
     response = await client.delete(f"{GROUPS}/{gone['id']}", headers=ORG_A)

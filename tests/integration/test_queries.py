@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 
 from service.adapters import queries
-from service.adapters.queries import Position, decode_cursor, encode_cursor
+from service.adapters.queries import Cursor, Filters, Position, decode_cursor, encode_cursor
 
 T0 = datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
 
@@ -36,7 +36,7 @@ async def all_by_cursor(pool: asyncpg.Pool, org: str, limit: int) -> list[str]:
         seen += [g.id for g in page.groups]
         if page.next is None:
             return seen
-        after = decode_cursor(encode_cursor(page.next))
+        after = decode_cursor(encode_cursor(Cursor(page.next))).position
 
 
 async def test_order_is_updated_at_then_id_and_scoped_to_the_organization(
@@ -104,9 +104,7 @@ async def test_updated_bounds_are_inclusive_to_the_microsecond(pool: asyncpg.Poo
     await add(pool, "grp_after", T0 + 11 * us)
 
     async def ids(start: datetime | None, end: datetime | None) -> list[str]:
-        page = await queries.list_groups(
-            pool, "org_a", limit=10, updated_from=start, updated_to=end
-        )
+        page = await queries.list_groups(pool, "org_a", limit=10, filters=Filters(start, end))
         return [g.id for g in page.groups]
 
     assert await ids(T0, T0 + 10 * us) == ["grp_first", "grp_last"]
@@ -120,7 +118,7 @@ async def test_deleted_groups_only_when_asked(pool: asyncpg.Pool) -> None:
     await add(pool, "grp_gone", T0 + timedelta(seconds=1), deleted=True)
     live = await queries.list_groups(pool, "org_a", limit=10)
     assert [g.id for g in live.groups] == ["grp_live"]
-    both = await queries.list_groups(pool, "org_a", limit=10, include_deleted=True)
+    both = await queries.list_groups(pool, "org_a", limit=10, filters=Filters(include_deleted=True))
     assert [g.id for g in both.groups] == ["grp_live", "grp_gone"]
     assert both.groups[1].deleted_at == T0 + timedelta(seconds=1)
 
@@ -134,11 +132,25 @@ async def test_get_group_only_in_its_organization(pool: asyncpg.Pool) -> None:
     assert await queries.get_group(pool, "org_a", "grp_missing") is None
 
 
-def test_cursor_round_trip_keeps_microseconds() -> None:
-    position = Position(T0 + timedelta(microseconds=123_457), "grp_01JD3K5Q9Z8X")
-    cursor = encode_cursor(position)
-    assert "=" not in cursor
-    assert decode_cursor(cursor) == position
+@pytest.mark.parametrize(
+    "filters",
+    [
+        Filters(),
+        Filters(T0 - timedelta(microseconds=1), None, include_deleted=True),
+        Filters(None, T0 + timedelta(days=9, microseconds=999)),
+        Filters(T0, T0, include_deleted=False),
+    ],
+)
+def test_a_cursor_keeps_its_position_to_the_microsecond_and_its_filters(filters: Filters) -> None:
+    cursor = Cursor(Position(T0 + timedelta(microseconds=123_457), "grp_01JD3K5Q9Z8X"), filters)
+    text = encode_cursor(cursor)
+    assert "=" not in text
+    assert decode_cursor(text) == cursor
+
+
+def test_a_cursor_made_before_cursors_carried_filters_still_reads() -> None:
+    micros = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert decode_cursor(_b64(f"{micros}:grp_1")) == Cursor(Position(T0, "grp_1"))
 
 
 def _b64(raw: str) -> str:
@@ -161,6 +173,12 @@ def _b64(raw: str) -> str:
         _b64("123:grp_a b"),
         _b64("123:grp_" + "a" * 61),
         _b64("99999999999999999999:grp_1"),
+        _b64("123:grp_1:::"),
+        _b64("123:grp_1:::2"),
+        _b64("123:grp_1:x::0"),
+        _b64("123:grp_1::99999999999999999999:0"),
+        _b64("123:grp_1:1:2:0:"),
+        _b64("123:grp_1:1:0"),
         base64.urlsafe_b64encode(b"\xff\xfe:grp_1").decode(),
     ],
 )
