@@ -128,20 +128,23 @@ async def test_updated_at_bounds_are_inclusive_milliseconds(client: httpx.AsyncC
 
 
 async def test_a_cursor_alone_keeps_its_listings_filters(client: httpx.AsyncClient) -> None:
-    groups = sorted(await create_many(client, 25), key=order_key)
-    low, high = millis(groups[5]["updated_at"]), millis(groups[18]["updated_at"])
-    body = await list_page(client, limit=4, updated_at_min=low, updated_at_max=high)
+    # One at a time, so that they are changed in different milliseconds.
+    groups = [await create(client, f"Group {i:02}") for i in range(12)]
+    low, high = millis(groups[3]["updated_at"]), millis(groups[8]["updated_at"])
+    inside = [g["id"] for g in groups if low <= millis(g["updated_at"]) <= high]
+    assert 0 < len(inside) < len(groups) - 3
+    body = await list_page(client, limit=2, updated_at_min=low, updated_at_max=high)
     seen = [g["id"] for g in body["customer_groups"]]
     while body["next_cursor"] is not None:
-        body = await list_page(client, limit=4, cursor=body["next_cursor"])
+        body = await list_page(client, limit=2, cursor=body["next_cursor"])
         seen += [g["id"] for g in body["customer_groups"]]
-    assert seen == [g["id"] for g in groups if low <= millis(g["updated_at"]) <= high]
+    assert seen == inside
 
-    first = await list_page(client, limit=4, updated_at_max=high)
+    first = await list_page(client, limit=2, updated_at_max=high)
     rest = await list_page(
         client, limit=100, cursor=first["next_cursor"], updated_at_max=high + 10_000
     )
-    assert [g["id"] for g in rest["customer_groups"]] == [g["id"] for g in groups[4:]], (
+    assert [g["id"] for g in rest["customer_groups"]] == [g["id"] for g in groups[2:]], (
         "parameters sent with a cursor replace its own"
     )
 
