@@ -102,8 +102,10 @@ async def follow_cursor_from(
 
 
 async def test_updated_at_bounds_are_inclusive_milliseconds(client: httpx.AsyncClient) -> None:
-    groups = sorted(await create_many(client, 25), key=order_key)
+    # One at a time, so that they are changed in different milliseconds.
+    groups = [await create(client, f"Group {i:02}") for i in range(25)]
     low, high = millis(groups[5]["updated_at"]), millis(groups[18]["updated_at"])
+    assert low < high
 
     async def window(start: int | None, end: int | None) -> set[str]:
         params = {
