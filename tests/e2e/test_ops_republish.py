@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from service.adapters.kafka import client_options
 from service.bootstrap import Container
 from service.config import Settings
-from service.ops.common import OpsError
+from service.ops.common import OpsError, parse_time
 from service.ops.republish import EventFilter, republish
 from tests.support import KafkaProbe, Record, command, headers_of
 
@@ -105,7 +105,7 @@ async def test_republish_a_time_window_to_the_events_topic(
     assert by_ce_id(events[4:]) == by_ce_id(expected)
 
 
-async def test_republish_refuses_a_range_beyond_retention(
+async def test_republish_refuses_a_range_beyond_retention_but_not_the_retention_itself(
     settings: Settings, kafka: KafkaProbe, service: Container
 ) -> None:
     await kafka.ask(command(name="Kept"))
@@ -113,6 +113,8 @@ async def test_republish_refuses_a_range_beyond_retention(
     with pytest.raises(OpsError, match=r"oldest stored event is from \d{4}-") as refused:
         await republish(settings, EventFilter(since=datetime.now(UTC) - timedelta(days=8)))
     assert "--since" in str(refused.value)
+    retention = parse_time(f"{settings.outbox_retention_days:g}d")
+    await republish(settings, EventFilter(since=retention), dry_run=True)
     with pytest.raises(OpsError, match="does not exist"):
         await republish(settings, EventFilter(), to_topic=f"{settings.topic_events}.missing")
     await asyncio.sleep(0.3)
