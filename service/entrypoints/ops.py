@@ -117,9 +117,10 @@ def _register_replay(subparsers: Subparsers) -> None:
         description=(
             "Re-consume the command topic. A command applied before is not applied again "
             "(its stored result is re-sent; no change, no event). --mode oneoff (default) "
-            "applies the range with its own consumer, alongside a running service, and counts "
-            "outcomes. --mode reset moves the service's consumer-group offsets back instead; "
-            "Kafka allows that only while the group has no members (stop the service first)."
+            "applies the range with its own consumer, alongside a running service, up to the "
+            "service's committed offsets, and counts outcomes. --mode reset moves the "
+            "service's consumer-group offsets back instead; Kafka allows that only while the "
+            "group has no members (stop the service first)."
         ),
     )
     where = parser.add_mutually_exclusive_group(required=True)
@@ -192,6 +193,11 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
             f"{t.records} records: {t.reapplied} re-applied, {t.already_done} already done, "
             f"{t.rejected} rejected, {t.invalid} malformed (skipped: already in the DLQ), "
             f"{t.failed} failed (dead-lettered)"
+        )
+    if outcome.left_to_service:
+        print(
+            f"{outcome.left_to_service} later records are not consumed by the service yet; "
+            "it applies them itself, in order"
         )
     return 0
 

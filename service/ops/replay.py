@@ -1,7 +1,8 @@
 """Re-consuming the command topic from a time, an offset or its beginning.
 
 Two ways. `oneoff` reads the range with a consumer of its own and applies it through the
-service's own path, alongside a running service, counting what happened. `reset` moves
+service's own path, alongside a running service, counting what happened; it stops at the
+service's committed offsets, leaving what the service has not consumed yet to it. `reset` moves
 the service's consumer-group offsets back so the service re-consumes the range itself;
 Kafka accepts that only while the group has no members, so the service must be stopped.
 
@@ -71,6 +72,34 @@ async def plan(consumer: AIOKafkaConsumer, settings: Settings, start: Start) -> 
     return Span(begin, end)
 
 
+async def committed_offsets(
+    admin: AIOKafkaAdminClient, group: str, tps: Sequence[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    found = await admin.list_consumer_group_offsets(group, partitions=list(tps))
+    offsets: dict[TopicPartition, int | None] = {}
+    for tp in tps:
+        at = found.get(tp)
+        offsets[tp] = None if at is None or at.offset < 0 else at.offset
+    return offsets
+
+
+async def consumed_part(settings: Settings, span: Span) -> Span:
+    """The part of `span` the service has consumed. Beyond its committed offsets, a replay
+    beside the running service would apply a command before the commands ahead of it in
+    its partition (one organization's order), which the service is still to apply."""
+    admin = AIOKafkaAdminClient(**client_options(settings), client_id=settings.kafka_client_id)
+    await admin.start()
+    try:
+        committed = await committed_offsets(admin, settings.kafka_consumer_group, list(span.start))
+    finally:
+        await admin.close()
+    end = {}
+    for tp, begin in span.start.items():
+        at = committed[tp]
+        end[tp] = begin if at is None else max(begin, min(span.end[tp], at))
+    return Span(span.start, end)
+
+
 async def check_retention(
     consumer: AIOKafkaConsumer, settings: Settings, span: Span, now: datetime
 ) -> None:
@@ -109,6 +138,8 @@ class ReplayOutcome:
     span: Span
     tally: Tally
     dry_run: bool
+    # Commands in the range the service has not consumed yet: it applies them itself.
+    left_to_service: int = 0
 
     def to_json(self) -> dict[str, Any]:
         t = self.tally
@@ -129,6 +160,7 @@ class ReplayOutcome:
             "records": t.records,
             **counts,
             "invalid": t.invalid,
+            "left_to_service": self.left_to_service,
         }
 
 
@@ -200,7 +232,8 @@ async def replay_oneoff(
     tally = Tally()
     known: set[tuple[str, str]] = set()
     async with reader(settings) as consumer, database(settings) as pool:
-        span = await plan(consumer, settings, start)
+        asked = await plan(consumer, settings, start)
+        span = await consumed_part(settings, asked)
         if not beyond_retention:
             await check_retention(consumer, settings, span, datetime.now(UTC))
         async with contextlib.AsyncExitStack() as stack:
@@ -223,7 +256,8 @@ async def replay_oneoff(
                     elif wanted:
                         await applier.handle_records(wanted)
                     step(len(records))
-    return ReplayOutcome(settings.topic_commands, span, tally, dry_run)
+    left = asked.total - span.total
+    return ReplayOutcome(settings.topic_commands, span, tally, dry_run, left)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,14 +348,13 @@ async def reset_offsets(
                 "is empty: stop the service's consumers first (or pass --wait SECONDS to wait "
                 "for that), or replay alongside the running service with --mode oneoff."
             )
-        committed = await admin.list_consumer_group_offsets(group, partitions=list(span.start))
+        committed = await committed_offsets(admin, group, list(span.start))
     finally:
         await admin.close()
-    resets = []
-    for tp, target in sorted(span.start.items()):
-        current = committed.get(tp)
-        offset = None if current is None or current.offset < 0 else current.offset
-        resets.append(PartitionReset(tp.partition, offset, target))
+    resets = [
+        PartitionReset(tp.partition, committed[tp], target)
+        for tp, target in sorted(span.start.items())
+    ]
     outcome = ResetOutcome(group, topic, resets, members, dry_run)
     moving = {TopicPartition(topic, p.partition): p.target for p in resets if p.replayed}
     if dry_run or not moving:

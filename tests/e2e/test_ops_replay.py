@@ -52,6 +52,33 @@ async def history(kafka: KafkaProbe) -> dict[str, int]:
     return {"stored": 5, "validation": 1, "malformed": 1}
 
 
+async def committed(settings: Settings) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=settings.kafka_consumer_group)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.topic_commands, p) for p in range(3)]
+        found = {tp.partition: await consumer.committed(tp) for tp in tps}
+        return {p: offset for p, offset in found.items() if offset is not None}
+    finally:
+        await consumer.stop()
+
+
+async def all_consumed(settings: Settings) -> None:
+    """A one-off replay stops at the service's committed offsets, which follow its results."""
+    probe = AIOKafkaConsumer(**client_options(settings), group_id=None)
+    await probe.start()
+    try:
+        tps = [TopicPartition(settings.topic_commands, p) for p in range(3)]
+        ends = {tp.partition: end for tp, end in (await probe.end_offsets(tps)).items() if end}
+    finally:
+        await probe.stop()
+    for _ in range(150):
+        if await committed(settings) == ends:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the service did not commit up to {ends}")
+
+
 async def settle(kafka: KafkaProbe) -> dict[str, int]:
     """Message counts per topic once the service has had time to send anything pending."""
     await asyncio.sleep(0.3)
@@ -62,6 +89,7 @@ async def test_oneoff_replay_of_the_whole_topic_changes_and_emits_nothing(
     service: Container, kafka: KafkaProbe, pool: asyncpg.Pool, settings: Settings
 ) -> None:
     kinds = await history(kafka)
+    await all_consumed(settings)
     before = await database_state(pool)
     seen = await settle(kafka)
 
@@ -103,6 +131,7 @@ async def test_oneoff_replay_applies_what_was_never_applied(
     """A command the service skipped (here: its processed record is gone with its group)."""
     await kafka.ask(command(name="Lost"))
     await kafka.wait_events(1)
+    await all_consumed(settings)
     await pool.execute("TRUNCATE customer_groups, outbox, processed_commands")
 
     outcome = await replay_oneoff(settings, Start(since=None))
@@ -114,10 +143,21 @@ async def test_oneoff_replay_applies_what_was_never_applied(
     assert json.loads(event.value)["name"] == "Lost"
 
 
-async def test_replay_refuses_commands_older_than_the_processed_records(
+async def test_oneoff_replay_leaves_what_the_service_has_not_consumed_to_it(
     kafka: KafkaProbe, settings: Settings, pool: asyncpg.Pool
 ) -> None:
-    await kafka.send(command(name="Old"))
+    """Applied here first, a command would overtake those ahead of it in its partition."""
+    await kafka.send(command(name="Pending"))
+    outcome = await replay_oneoff(settings, Start())
+    assert (outcome.tally.records, outcome.left_to_service) == (0, 1)
+    assert await pool.fetchval("SELECT count(*) FROM customer_groups") == 0
+
+
+async def test_replay_refuses_commands_older_than_the_processed_records(
+    service: Container, kafka: KafkaProbe, settings: Settings
+) -> None:
+    await kafka.ask(command(name="Old"))
+    await all_consumed(settings)
     await asyncio.sleep(1.2)
     short = settings.model_copy(update={"processed_commands_retention_days": 1 / 86400})
     with pytest.raises(OpsError, match=r"1 command\(s\) in this range are older") as refused:
@@ -126,18 +166,7 @@ async def test_replay_refuses_commands_older_than_the_processed_records(
     with pytest.raises(OpsError):
         await reset_offsets(short, Start(), dry_run=True)
     allowed = await replay_oneoff(short, Start(), dry_run=True, beyond_retention=True)
-    assert allowed.tally.pending == 1
-
-
-async def committed(settings: Settings) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(**client_options(settings), group_id=settings.kafka_consumer_group)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.topic_commands, p) for p in range(3)]
-        found = {tp.partition: await consumer.committed(tp) for tp in tps}
-        return {p: offset for p, offset in found.items() if offset is not None}
-    finally:
-        await consumer.stop()
+    assert (allowed.tally.records, allowed.tally.already_done) == (1, 1)
 
 
 async def test_reset_refuses_an_active_group_then_rewinds_a_stopped_one(
