@@ -16,7 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import asyncpg
 import orjson
+from aiokafka.errors import KafkaError
 
 from service.config import Settings
 from service.ops import dlq, replay, republish, send, state, tail
@@ -71,15 +73,24 @@ def _handler(run: Run) -> Callable[[argparse.Namespace, Settings], int]:
         try:
             return asyncio.run(run(args, settings))
         except OpsError as error:
-            if args.json:
-                _emit({"error": str(error)})
-            else:
-                print(f"error: {error}", file=sys.stderr)
-            return 1
+            return _failed(args, str(error))
+        except KafkaError as error:
+            where = settings.kafka_bootstrap_servers
+            return _failed(args, f"Kafka ({where}) failed: {error!r}")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            return _failed(args, f"PostgreSQL (DATABASE_URL) or the network failed: {error!r}")
         except KeyboardInterrupt:
             return 130
 
     return handle
+
+
+def _failed(args: argparse.Namespace, message: str) -> int:
+    if args.json:
+        _emit({"error": message})
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return 1
 
 
 def _emit(data: dict[str, Any]) -> None:

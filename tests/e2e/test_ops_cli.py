@@ -123,6 +123,19 @@ async def test_send_without_a_service_times_out(cli: Cli) -> None:
     assert (code, one(out)["status"], one(out)["result"]) == (2, "timeout", None)
 
 
+async def test_kafka_or_postgresql_out_of_reach_is_an_error_not_a_traceback(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody:secret@127.0.0.1:1/nowhere")
+    code, out = await cli("republish", "--dry-run", "--json")
+    assert code == 1
+    assert "PostgreSQL" in one(out)["error"]
+    assert "secret" not in out
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    code, out = await cli("dlq", "list", "--json")
+    assert (code, one(out)["error"].startswith("Kafka (127.0.0.1:1) failed")) == (1, True)
+
+
 async def test_the_ops_tools_print_json_and_dry_runs_write_nothing(
     service: Container, kafka: KafkaProbe, cli: Cli, pool: asyncpg.Pool, settings: Settings
 ) -> None:
