@@ -44,6 +44,10 @@ class DeadLetterFilter:
     since: datetime | None = None
     until: datetime | None = None
 
+    def __post_init__(self) -> None:
+        if self.since and self.until and self.until <= self.since:
+            raise OpsError("--until must be later than --since")
+
     def matches(self, record: Record) -> bool:
         if self.reasons and headers_of(record).get("dlq_reason") not in self.reasons:
             return False

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 
 from service.bootstrap import Container
 from service.config import Settings
+from service.ops.common import OpsError
 from service.ops.dlq import DeadLetterFilter, list_dead_letters, redrive
 from tests.support import KafkaProbe, command, headers_of
 
@@ -83,3 +85,9 @@ async def test_list_and_redrive_a_fixed_message_applies_it_once(
     assert await pool.fetchval("SELECT count(*) FROM customer_groups") == 1
     assert len(kafka.events()) == 1
     assert len(kafka.records[settings.topic_dlq]) == 2
+
+
+def test_a_window_that_ends_before_it_starts_is_refused() -> None:
+    now = datetime.now(UTC)
+    with pytest.raises(OpsError, match="--until must be later than --since"):
+        DeadLetterFilter(since=now, until=now)
