@@ -267,6 +267,9 @@ def _register_republish(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--until", type=_time, help="events that occurred before this time")
     parser.add_argument("--to-topic", help="publish here instead of the events topic")
+    parser.add_argument(
+        "--all", action="store_true", help="with no filter: every stored event (else refused)"
+    )
     _common(parser)
     parser.set_defaults(handler=_handler(_republish))
 
@@ -275,6 +278,12 @@ async def _republish(args: argparse.Namespace, settings: Settings) -> int:
     selection = republish.EventFilter(
         args.organization, args.group, args.type, args.since, args.until
     )
+    if selection.matches_everything and not (args.all or args.dry_run):
+        raise OpsError(
+            "refusing: with no filter, every stored event would be published again. Give "
+            "--organization, --group, --type, --since or --until, or --all (--dry-run shows "
+            "how many)."
+        )
     outcome = await republish.republish(
         settings,
         selection,

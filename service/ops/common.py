@@ -40,6 +40,18 @@ class OpsError(Exception):
     """A refusal or failure the operator can act on; its message says how."""
 
 
+def target_topic(settings: Settings, to_topic: str | None, default: str) -> str:
+    """`to_topic`, or `default`; never another of the service's own topics, whose readers
+    would take these records for what that topic carries (events read as commands)."""
+    topic = to_topic or default
+    if topic != default and topic in settings.topics:
+        raise OpsError(
+            f"refusing: {topic} is one of the service's own topics; --to-topic takes {default}"
+            " or a topic of your own"
+        )
+    return topic
+
+
 def parse_time(text: str, now: datetime | None = None) -> datetime:
     """`2h`, `30m`, `7d`, `90s`, `1w` ago, or an ISO 8601 time; a time without a zone is UTC."""
     value = text.strip()

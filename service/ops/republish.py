@@ -22,6 +22,7 @@ from service.ops.common import (
     iso,
     partitions_of,
     producer,
+    target_topic,
 )
 
 EVENT_TYPES = ("group.created", "group.updated", "group.deleted")
@@ -42,6 +43,10 @@ class EventFilter:
     types: Sequence[str] = ()
     since: datetime | None = None
     until: datetime | None = None
+
+    @property
+    def matches_everything(self) -> bool:
+        return not (self.organizations or self.groups or self.types or self.since or self.until)
 
     def arguments(self) -> tuple[Any, ...]:
         return (
@@ -110,7 +115,7 @@ async def republish(
     """Publish the matching outbox rows (published or not) again, in their original order."""
     if selection.since and selection.until and selection.until <= selection.since:
         raise OpsError("--until must be later than --since")
-    topic = to_topic or settings.topic_events
+    topic = target_topic(settings, to_topic, settings.topic_events)
     await partitions_of(settings, topic)
     arguments = selection.arguments()
     async with database(settings) as pool:

@@ -22,7 +22,16 @@ from service.adapters.command_store import GROUP_COLUMNS, group_from_row
 from service.adapters.db import Pool
 from service.config import Settings
 from service.domain.model import Group, group_json
-from service.ops.common import QUIET, Progress, chunks, database, iso, partitions_of, producer
+from service.ops.common import (
+    QUIET,
+    Progress,
+    chunks,
+    database,
+    iso,
+    partitions_of,
+    producer,
+    target_topic,
+)
 
 _SELECTION = """
 FROM customer_groups
@@ -94,7 +103,7 @@ async def rebuild_state(
     progress: Progress = QUIET,
     batch_size: int = 1000,
 ) -> RebuildOutcome:
-    topic = to_topic or settings.topic_state
+    topic = target_topic(settings, to_topic, settings.topic_state)
     await partitions_of(settings, topic)
     orgs = list(organizations) or None
     since = None

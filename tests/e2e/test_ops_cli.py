@@ -136,6 +136,16 @@ async def test_kafka_or_postgresql_out_of_reach_is_an_error_not_a_traceback(
     assert (code, one(out)["error"].startswith("Kafka (127.0.0.1:1) failed")) == (1, True)
 
 
+async def test_the_widest_republish_and_the_service_own_topics_are_refused(
+    cli: Cli, settings: Settings
+) -> None:
+    code, out = await cli("republish", "--json")
+    assert (code, "--all" in one(out)["error"]) == (1, True)
+    for tool in (["republish", "--organization", "org_a"], ["rebuild-state"]):
+        code, out = await cli(*tool, "--to-topic", settings.topic_commands, "--json")
+        assert (code, "own topics" in one(out)["error"]) == (1, True), tool
+
+
 async def test_the_ops_tools_print_json_and_dry_runs_write_nothing(
     service: Container, kafka: KafkaProbe, cli: Cli, pool: asyncpg.Pool, settings: Settings
 ) -> None:
