@@ -58,3 +58,24 @@ async def test_bench_smoke_with_the_relay_in_a_process_of_its_own(
     assert len(f["service_pids"]) == 2
     assert f["throughput"]["results"] == options.commands
     assert f["throughput"]["events"] == f["throughput"]["events_expected"] > 0
+
+
+@pytest.mark.timeout(120)
+async def test_bench_smoke_compares_preexisting_groups_by_two_runs_each(
+    endpoints: tuple[str, str],
+) -> None:
+    settings = _settings(endpoints)
+    options = BenchOptions.smoke(preload=3000, skip=frozenset({"baselines", "latency", "relay"}))
+
+    report = await run_bench(options, settings)
+
+    assert report.problems == []
+    f = report.figures
+    runs = f["groups_preexisting_runs"]
+    assert sorted(runs) == ["1000", "3000"]
+    assert all(len(each) == 2 and min(each) > 0 for each in runs.values())
+    means = {size: sum(each) / 2 for size, each in runs.items()}
+    assert f["groups_preexisting"] == pytest.approx(means, abs=0.1)
+    assert f["commands_per_s"] == f["groups_preexisting"]["3000"]
+    change = (means["3000"] / means["1000"] - 1) * 100
+    assert f["groups_preexisting_change_pct"] == pytest.approx(change, abs=0.1)
