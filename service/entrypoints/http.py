@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -21,9 +21,13 @@ VERSION = "1.0.0"
 PROBE_TIMEOUT_S = 2.0
 
 
-def create_app(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> FastAPI:
+def create_app(
+    settings: Settings,
+    roles: frozenset[Role] = ALL_ROLES,
+    on_started: Callable[[], None] = lambda: None,
+) -> FastAPI:
     """HTTP_ENABLED=false leaves out the API as a `--role` list without http does; health,
-    metrics and docs are served all the same."""
+    metrics and docs are served all the same. `on_started` runs once everything has started."""
     if not settings.http_enabled:
         roles = roles - {Role.HTTP}
 
@@ -34,11 +38,13 @@ def create_app(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> FastAP
             app.state.results = None
             app.state.asyncapi = None
             if Role.HTTP not in roles:
+                on_started()
                 yield
                 return
             waiter = api.ResultWaiter(settings)
             await waiter.start()
             app.state.results = waiter
+            on_started()
             try:
                 yield
             finally:
