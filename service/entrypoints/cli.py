@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _settle_heap() -> None:
     """What startup built lives as long as the process: frozen, full collections no longer
     walk it. They paused the service for 68-79 ms at a time (one every 10-15 s in the bench),
-    16-38 ms once frozen."""
+    16-46 ms once frozen."""
     gc.collect()
     gc.freeze()
 
