@@ -89,6 +89,11 @@ _DESCRIPTION_DOC = "At most 500 characters."
 _PLATFORM_ID_DOC = "At most 255 characters: the group's id on an external platform."
 _VERSION_DOC = "The group's current version; a mismatch is rejected with 409."
 
+# Update's and delete's group id: required, and documented like create's.
+ExistingGroupId = Annotated[
+    str, Field(description=_GROUP_ID_DOC, json_schema_extra={"pattern": _GROUP_ID_SCHEMA})
+]
+
 
 def _check_group_id(value: str | None) -> str | None:
     if value is not None and not GROUP_ID.fullmatch(value):
@@ -156,9 +161,7 @@ class CreateGroup(_Command):
 
 class UpdateGroup(_Command):
     type: Literal["group.update"]
-    group_id: str = Field(
-        description=_GROUP_ID_DOC, json_schema_extra={"pattern": _GROUP_ID_SCHEMA}
-    )
+    group_id: ExistingGroupId
     name: str | None = _documented(
         f"{_NAME_DOC} Absent: unchanged.", minLength=1, maxLength=NAME_MAX
     )
@@ -193,9 +196,7 @@ class UpdateGroup(_Command):
 
 class DeleteGroup(_Command):
     type: Literal["group.delete"]
-    group_id: str = Field(
-        description=_GROUP_ID_DOC, json_schema_extra={"pattern": _GROUP_ID_SCHEMA}
-    )
+    group_id: ExistingGroupId
     expected_version: int | None = _documented(_VERSION_DOC, minimum=1)
 
     _group_id = field_validator("group_id")(_check_group_id)
