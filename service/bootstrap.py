@@ -83,9 +83,9 @@ async def lifespan(
     command_pool: Pool | None = None
     try:
         await migrate(pool)
-        # The consumer applies one batch at a time (in up to `command_lanes` transactions),
-        # and a batch's locks end with its transactions: a pool of its own saves the reset
-        # query on every release.
+        # Each of the consumer's `command_lanes` lanes runs one transaction at a time, and
+        # a batch's locks end with its transactions: a pool of its own saves the reset query
+        # on every release.
         command_pool = await create_pool(
             settings, min_size=1, max_size=settings.command_lanes, stateless=True
         )

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeAlias, TypeVar
 
 import orjson
@@ -117,30 +119,65 @@ class Outcome:
     dead: list[DeadLetter]
 
 
-# Below this many commands a lane's own four round trips cost more latency than running
-# beside another lane saves.
+# Below this many commands per lane, a lane's own round trips cost more latency than
+# running beside another lane saves.
 LANE_MIN_COMMANDS = 100
 
 Lane: TypeAlias = list[tuple[int, Incoming]]
+Applied: TypeAlias = CommandResult | Exception
 
 
-def split_lanes(incoming: Lane, lanes: int) -> list[Lane]:
-    """Share a batch's commands among up to `lanes` transactions that run at once.
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Some of a batch's commands, applied in one transaction after the earlier batches'
+    parts in the same lanes."""
 
-    An organization's commands stay in one lane, in order, so lanes take no lock another
-    holds and each group's changes keep their order. Lanes share nothing else but group
-    ids, which the primary key settles whichever commits first. Whole organizations go,
-    largest first, to the lane with the fewest commands."""
-    count = min(lanes, len(incoming) // LANE_MIN_COMMANDS)
-    if count <= 1:
-        return [incoming]
-    by_organization: dict[str, Lane] = {}
+    lanes: Sequence[int]
+    entries: Lane
+
+
+def split_lanes(incoming: Lane, lanes: int) -> list[Part]:
+    """Share a batch's commands among up to `lanes` transactions.
+
+    An organization always has the same lane, so its commands keep their order from batch
+    to batch, and lanes take no lock another holds. A batch too small to share is one part
+    that comes after every lane. crc32 rather than hash(), which is salted per process: lanes
+    hold the same organizations in every run."""
+    if lanes == 1 or len(incoming) < lanes * LANE_MIN_COMMANDS:
+        return [Part(range(lanes), incoming)]
+    split: dict[int, Lane] = {}
     for entry in incoming:
-        by_organization.setdefault(entry[1].command.organization_id, []).append(entry)
-    split: list[Lane] = [[] for _ in range(count)]
-    for commands in sorted(by_organization.values(), key=len, reverse=True):
-        min(split, key=len).extend(commands)
-    return [lane for lane in split if lane]
+        lane = zlib.crc32(entry[1].command.organization_id.encode()) % lanes
+        split.setdefault(lane, []).append(entry)
+    return [Part((lane,), entries) for lane, entries in sorted(split.items())]
+
+
+class LaneOrder:
+    """Runs each part after the parts scheduled before it in its lanes, and never beside
+    them; parts in other lanes run at once. A lane whose last part did not finish takes no
+    more: what comes after it would overtake it."""
+
+    def __init__(self, lanes: int) -> None:
+        self._last: list[asyncio.Task[Any] | None] = [None] * lanes
+
+    def schedule(self, lanes: Sequence[int], work: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+        earlier = {task for lane in lanes if (task := self._last[lane]) is not None}
+        task = asyncio.create_task(self._after(earlier, work))
+        for lane in lanes:
+            self._last[lane] = task
+        return task
+
+    @staticmethod
+    async def _after(earlier: set[asyncio.Task[Any]], work: Callable[[], Awaitable[T]]) -> T:
+        if earlier:
+            await asyncio.wait(earlier)
+        if any(task.cancelled() or task.exception() is not None for task in earlier):
+            raise LaneStopped("an earlier batch in this lane did not finish")
+        return await work()
+
+
+class LaneStopped(RuntimeError):
+    pass
 
 
 class CommandConsumer:
@@ -160,6 +197,7 @@ class CommandConsumer:
         self._max_bytes = max_bytes
         self._retry_max_s = retry_max_s
         self._lanes = lanes
+        self._order = LaneOrder(lanes)
         self.on_committed: list[asyncio.Event] = []
 
     async def handle_records(self, records: Sequence[Record]) -> None:
@@ -167,13 +205,11 @@ class CommandConsumer:
         await (await self.apply_records(records))
 
     async def apply_records(self, records: Sequence[Record]) -> Awaitable[None]:
-        """Apply a batch in order and return what sends its results.
-
-        Transient failures are retried for as long as it takes. Any other failure is a bug
-        that one record triggers: the batch is retried one record at a time and that
-        record alone is dead-lettered, so the partition moves on."""
+        """Apply a batch in order and return what sends its results."""
         try:
-            outcome = await self._retrying(lambda: self._apply(records))
+            outcome = await self._apply(records)
+        except LaneStopped:
+            raise
         except Exception as error:
             await self._isolate(records, error)
             return asyncio.sleep(0)
@@ -209,23 +245,46 @@ class CommandConsumer:
                 outcome.replies[position] = self._reply(record, result)
                 self._metrics.count_command("invalid", result)
         if incoming:
-            lanes = split_lanes(incoming, self._lanes)
+            parts = split_lanes(incoming, self._lanes)
             applied = await asyncio.gather(
-                *(apply_commands(self._store, [item for _, item in lane]) for lane in lanes),
-                return_exceptions=True,
+                *(
+                    self._order.schedule(
+                        p.lanes, partial(self._apply_part, [i for _, i in p.entries])
+                    )
+                    for p in parts
+                )
             )
-            # Raised only once every lane is done, so that a retry never runs beside one.
-            for failure in applied:
-                if isinstance(failure, BaseException):
-                    raise failure
-            for lane, results in zip(lanes, applied, strict=True):
-                assert not isinstance(results, BaseException)
-                for (position, item), result in zip(lane, results, strict=True):
-                    outcome.replies[position] = self._reply(records[position], result)
-                    self._metrics.count_command(item.command.type, result)
-            for event in self.on_committed:
-                event.set()
+            failed = False
+            for part, results in zip(parts, applied, strict=True):
+                for (position, item), done in zip(part.entries, results, strict=True):
+                    if isinstance(done, Exception):
+                        failed = True
+                        letter = DeadLetter(records[position], "processing_failed", repr(done))
+                        outcome.dead.append(letter)
+                        continue
+                    outcome.replies[position] = self._reply(records[position], done)
+                    self._metrics.count_command(item.command.type, done)
+            if failed:
+                outcome.dead.sort(key=lambda d: (d.record.partition, d.record.offset))
         return outcome
+
+    async def _apply_part(self, items: Sequence[Incoming]) -> list[Applied]:
+        """Commit a part's commands: their results, in order, or for a command that fails
+        for good, why. Transient failures are retried for as long as it takes. Any other is
+        a bug that one command triggers: the part is retried one command at a time, so that
+        command alone fails and the partition moves on."""
+        try:
+            results: list[Applied] = list(
+                await self._retrying(lambda: apply_commands(self._store, items))
+            )
+        except Exception as error:
+            if len(items) > 1:
+                return [result for item in items for result in await self._apply_part([item])]
+            log.error("dead-lettering a command that failed: %r", error, exc_info=error)
+            return [error]
+        for event in self.on_committed:
+            event.set()
+        return results
 
     async def _deliver(self, records: Sequence[Record], outcome: Outcome) -> None:
         replies = [reply for reply in outcome.replies if reply is not None]
@@ -253,12 +312,13 @@ class CommandConsumer:
 
 
 class Pipeline:
-    """Overlaps a batch's Kafka acknowledgements and offset commit with the next batch's
-    transaction. Offsets are still committed only once a batch's results are acknowledged,
-    and in batch order; at most `depth` batches wait for Kafka at a time."""
+    """Keeps up to `depth` batches in flight: a batch's lanes start as soon as the same lanes
+    of the batch before are done, and its Kafka acknowledgements and offset commit overlap
+    the batches after it. Offsets are still committed only once a batch's results are
+    acknowledged, and in batch order."""
 
     def __init__(
-        self, consumer: CommandConsumer, depth: int = 2, health: Health | None = None
+        self, consumer: CommandConsumer, depth: int = 3, health: Health | None = None
     ) -> None:
         self._consumer = consumer
         self._depth = depth
@@ -274,25 +334,25 @@ class Pipeline:
             raise RuntimeError("the command pipeline stopped; restart the service") from (
                 self._failure
             )
-        delivery = await self._consumer.apply_records(records)
+        applied = asyncio.create_task(self._consumer.apply_records(records))
         offsets: dict[TopicPartition, int] = {}
         for record in records:
             partition = TopicPartition(record.topic, record.partition)
             offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
         previous = self._pending[-1] if self._pending else None
-        task = asyncio.create_task(self._finish(delivery, previous, commit, offsets))
+        task = asyncio.create_task(self._finish(applied, previous, commit, offsets))
         self._pending.append(task)
         task.add_done_callback(self._pending.remove)
 
     async def _finish(
         self,
-        delivery: Awaitable[None],
+        applied: asyncio.Task[Awaitable[None]],
         previous: asyncio.Task[None] | None,
         commit: Commit,
         offsets: dict[TopicPartition, int],
     ) -> None:
         try:
-            await delivery
+            await (await applied)
         except Exception as error:
             log.critical("a batch's results were not sent; restart the service", exc_info=error)
             self._failure = self._failure or error

@@ -14,7 +14,14 @@ from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from service.adapters.kafka import DeadLetter, Reply
 from service.domain.ports import AnyCommand
-from service.entrypoints.consumer import LANE_MIN_COMMANDS, CommandConsumer, Pipeline, split_lanes
+from service.entrypoints.consumer import (
+    LANE_MIN_COMMANDS,
+    CommandConsumer,
+    LaneOrder,
+    LaneStopped,
+    Pipeline,
+    split_lanes,
+)
 from service.handlers import Incoming
 from service.observability import Metrics, is_transient
 from tests.unit.fakes import FakeBatch, FakeCommandStore
@@ -167,37 +174,59 @@ async def test_a_transient_failure_is_retried_until_it_passes_and_never_dead_let
     assert metrics.registry.get_sample_value("customer_groups_transient_errors_total") == 3
 
 
+def organizations_in_lanes(lanes: int) -> list[str]:
+    """One organization per lane, in lane order."""
+    found: dict[int, str] = {}
+    for n in range(1000):
+        found.setdefault(lane_of(f"org_{n}", lanes), f"org_{n}")
+    return [found[lane] for lane in range(lanes)]
+
+
+def lane_of(organization_id: str, lanes: int) -> int:
+    incoming = [(0, Incoming(create_command("G", organization_id)))] * (lanes * LANE_MIN_COMMANDS)
+    (part,) = split_lanes(incoming, lanes)
+    (lane,) = part.lanes
+    return lane
+
+
 def test_a_large_batch_is_shared_among_lanes_by_whole_organizations_in_order() -> None:
-    sizes = {"org_a": 150, "org_b": 90, "org_c": 60, "org_d": 30}
+    organizations = [f"org_{n}" for n in range(12)]
     incoming = [
-        (position, Incoming(create_command(f"G{position}", organization)))
-        for position, organization in enumerate(o for o, n in sizes.items() for _ in range(n))
-    ]
-
-    lanes = split_lanes(incoming, 2)
-
-    assert sorted(len(lane) for lane in lanes) == [150, 180]
-    assert sorted(entry for lane in lanes for entry in lane) == incoming
-    for lane in lanes:
-        assert [position for position, _ in lane] == sorted(position for position, _ in lane)
-    owners = [{item.command.organization_id for _, item in lane} for lane in lanes]
-    assert owners[0].isdisjoint(owners[1])
-
-
-def test_a_lane_is_opened_only_for_each_lane_min_commands() -> None:
-    incoming = [
-        (position, Incoming(create_command(f"G{position}", f"org_{position % 4}")))
+        (position, Incoming(create_command(f"G{position}", organizations[position % 12])))
         for position in range(2 * LANE_MIN_COMMANDS)
     ]
-    assert split_lanes(incoming[:-1], 4) == [incoming[:-1]]
-    assert len(split_lanes(incoming, 4)) == 2
-    assert split_lanes(incoming, 1) == [incoming]
+
+    parts = split_lanes(incoming, 2)
+
+    assert [p.lanes for p in parts] == [(0,), (1,)]
+    assert sorted(entry for part in parts for entry in part.entries) == incoming
+    for part in parts:
+        assert [position for position, _ in part.entries] == sorted(
+            position for position, _ in part.entries
+        )
+    owners = [{item.command.organization_id for _, item in part.entries} for part in parts]
+    assert owners[0].isdisjoint(owners[1])
+    # An organization keeps its lane from batch to batch, whatever else the batch holds.
+    for part, owned in zip(parts, owners, strict=True):
+        assert all(lane_of(organization, 2) == part.lanes[0] for organization in owned)
+
+
+def test_a_batch_too_small_to_share_is_one_part_after_every_lane() -> None:
+    incoming = [
+        (position, Incoming(create_command(f"G{position}", f"org_{position % 4}")))
+        for position in range(4 * LANE_MIN_COMMANDS)
+    ]
+    small = split_lanes(incoming[:-1], 4)
+    assert [(p.lanes, p.entries) for p in small] == [(range(4), incoming[:-1])]
+    assert len(split_lanes(incoming, 4)) > 1
+    assert [(p.lanes, p.entries) for p in split_lanes(incoming, 1)] == [(range(1), incoming)]
 
 
 async def test_lanes_run_at_once_and_results_keep_the_records_order() -> None:
     store, publisher = ConcurrentStore(), FakePublisher()
+    organizations = organizations_in_lanes(3)
     count = 3 * LANE_MIN_COMMANDS
-    records = [record(i, create(f"c{i}", f"G{i}", f"org_{i % 3}")) for i in range(count)]
+    records = [record(i, create(f"c{i}", f"G{i}", organizations[i % 3])) for i in range(count)]
     subject = CommandConsumer(store, publisher, Metrics(), MAX, lanes=3)  # type: ignore[arg-type]
 
     await subject.handle_records(records)
@@ -208,21 +237,94 @@ async def test_lanes_run_at_once_and_results_keep_the_records_order() -> None:
     assert set(publisher.codes().values()) == {201}
 
 
-async def test_a_lane_that_fails_is_retried_with_its_batch_without_a_second_effect() -> None:
+async def test_a_lane_that_fails_is_retried_alone_without_a_second_effect() -> None:
     store, publisher = ConcurrentStore(failures=1), FakePublisher()
+    organizations = organizations_in_lanes(2)
     count = 2 * LANE_MIN_COMMANDS
-    records = [record(i, create(f"c{i}", f"G{i}", f"org_{i % 2}")) for i in range(count)]
+    records = [record(i, create(f"c{i}", f"G{i}", organizations[i % 2])) for i in range(count)]
     subject = CommandConsumer(store, publisher, Metrics(), MAX, retry_max_s=0.01, lanes=2)  # type: ignore[arg-type]
 
     await subject.handle_records(records)
 
-    # The lane that did commit is applied again on the retry, which finds its results.
-    assert len(store.batches) == 4
+    assert len(store.batches) == 3
     assert store.most_open == 2
     assert len(store.groups) == count
     assert len(store.outbox) == count
     assert publisher.codes() == {f"c{i}": 201 for i in range(count)}
     assert publisher.dead == []
+
+
+class GatedStore(FakeCommandStore):
+    """Holds any batch with a command of `held` until the gate opens; notes the order in
+    which batches commit, by their first command."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.committed: list[str] = []
+        self._held = held
+
+    @asynccontextmanager
+    async def batch(self, commands: Sequence[AnyCommand]) -> AsyncIterator[FakeBatch]:
+        if any(c.command_id == self._held for c in commands):
+            await self.gate.wait()
+        async with super().batch(commands) as staged:
+            yield staged
+        self.committed.append(commands[0].command_id)
+
+
+async def test_a_lane_goes_on_with_the_next_batch_while_the_other_lane_is_busy() -> None:
+    slow, fast = organizations_in_lanes(2)
+    store, publisher = GatedStore(held="a0"), FakePublisher()
+    committed: list[dict[TopicPartition, int]] = []
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        committed.append(offsets)
+
+    def batch(name: str, first: int) -> list[Any]:
+        return [
+            record(first + i, create(f"{name}{i}", f"{name}{i}", (slow, fast)[i % 2]))
+            for i in range(2 * LANE_MIN_COMMANDS)
+        ]
+
+    subject = CommandConsumer(store, publisher, Metrics(), MAX, lanes=2)  # type: ignore[arg-type]
+    pipeline = Pipeline(subject, depth=3)
+    await pipeline.feed(batch("a", 0), commit)
+    await pipeline.feed(batch("b", 200), commit)
+    await asyncio.sleep(0.05)
+
+    # The fast lane has done both batches; the slow lane's second part waits for its first.
+    assert store.committed == ["a1", "b1"]
+    assert committed == []
+
+    store.gate.set()
+    await pipeline.drain(5)
+    assert store.committed == ["a1", "b1", "a0", "b0"]
+    assert committed == [{TopicPartition("commands", 0): 200}, {TopicPartition("commands", 0): 400}]
+    assert len(publisher.codes()) == 400
+
+
+async def test_a_lane_whose_part_did_not_finish_takes_no_more() -> None:
+    order = LaneOrder(2)
+    ran: list[str] = []
+
+    async def work(name: str, fail: bool = False) -> str:
+        await asyncio.sleep(0)
+        if fail:
+            raise RuntimeError(name)
+        ran.append(name)
+        return name
+
+    first = order.schedule((0,), lambda: work("first", fail=True))
+    after = order.schedule((0,), lambda: work("after"))
+    beside = order.schedule((1,), lambda: work("beside"))
+    both = order.schedule(range(2), lambda: work("both"))
+
+    assert await beside == "beside"
+    for task, error in [(first, RuntimeError), (after, LaneStopped), (both, LaneStopped)]:
+        with pytest.raises(error):
+            await task
+    assert ran == ["beside"]
 
 
 async def test_results_lost_on_the_way_out_are_sent_again_without_a_second_effect() -> None:
@@ -278,10 +380,10 @@ async def test_the_pipeline_commits_offsets_only_after_results_are_acknowledged_
     pipeline = Pipeline(consumer(store, publisher), depth=2)
     await pipeline.feed([record(0, create("c1", "A")), record(1, create("c2", "B"))], commit)
     await pipeline.feed([record(2, create("c3", "C"))], commit)
+    await asyncio.sleep(0.05)
 
     # Both batches are in PostgreSQL while Kafka has acknowledged nothing: nothing is committed.
     assert store.commits == 2
-    await asyncio.sleep(0.05)
     assert committed == []
 
     publisher.gate.set()
