@@ -40,6 +40,7 @@ class Metrics:
         self.commands = Counter(
             "customer_groups_commands", "Commands handled", ["type", "outcome", "code"], registry=r
         )
+        self._commands_by_label: dict[tuple[str, str, int], Counter] = {}
         self.batch_seconds = Histogram(
             "customer_groups_command_batch_seconds",
             "Time to apply a batch of commands and publish its results",
@@ -71,7 +72,13 @@ class Metrics:
         )
 
     def count_command(self, command_type: str, result: CommandResult) -> None:
-        self.commands.labels(command_type, result.status, str(result.code)).inc()
+        # labels() validates and locks on every call: 3.6% of the consumer's CPU when it
+        # was called for each command; the handful of label sets are kept.
+        key = (command_type, result.status, result.code)
+        if (counter := self._commands_by_label.get(key)) is None:
+            counter = self.commands.labels(command_type, result.status, str(result.code))
+            self._commands_by_label[key] = counter
+        counter.inc()
 
 
 @dataclass

@@ -318,7 +318,7 @@ class Pipeline:
     acknowledged, and in batch order."""
 
     def __init__(
-        self, consumer: CommandConsumer, depth: int = 3, health: Health | None = None
+        self, consumer: CommandConsumer, depth: int = 2, health: Health | None = None
     ) -> None:
         self._consumer = consumer
         self._depth = depth
