@@ -152,6 +152,10 @@ def split_lanes(incoming: Lane, lanes: int) -> list[Part]:
     return [Part((lane,), entries) for lane, entries in sorted(split.items())]
 
 
+class LaneStopped(RuntimeError):
+    """A part before this one in its lane did not finish: running this one would overtake it."""
+
+
 class LaneOrder:
     """Runs each part after the parts scheduled before it in its lanes, and never beside
     them; parts in other lanes run at once. A lane whose last part did not finish takes no
@@ -174,10 +178,6 @@ class LaneOrder:
         if any(task.cancelled() or task.exception() is not None for task in earlier):
             raise LaneStopped("an earlier batch in this lane did not finish")
         return await work()
-
-
-class LaneStopped(RuntimeError):
-    pass
 
 
 class CommandConsumer:
@@ -254,18 +254,16 @@ class CommandConsumer:
                     for p in parts
                 )
             )
-            failed = False
             for part, results in zip(parts, applied, strict=True):
                 for (position, item), done in zip(part.entries, results, strict=True):
                     if isinstance(done, Exception):
-                        failed = True
                         letter = DeadLetter(records[position], "processing_failed", repr(done))
                         outcome.dead.append(letter)
                         continue
                     outcome.replies[position] = self._reply(records[position], done)
                     self._metrics.count_command(item.command.type, done)
-            if failed:
-                outcome.dead.sort(key=lambda d: (d.record.partition, d.record.offset))
+            # Dead letters go out in their records' order, whichever lane failed them.
+            outcome.dead.sort(key=lambda d: (d.record.partition, d.record.offset))
         return outcome
 
     async def _apply_part(self, items: Sequence[Incoming]) -> list[Applied]:
