@@ -161,9 +161,29 @@ async def run_bench(
 class _Seen:
     results: int = 0
     events: int = 0
-    last_result: float = 0.0
-    last_event: float = 0.0
     codes: Counter[int] = field(default_factory=Counter)
+
+
+async def _arrivals(
+    offsets: kafka_io.Offsets, expected: dict[str, int], stall_s: float
+) -> dict[str, float]:
+    """When each topic had gained its expected number of records, polled every 10 ms; the
+    topics that never got there (nothing new for `stall_s`) are left out."""
+    arrived: dict[str, float] = {}
+    last: dict[str, int] = {}
+    last_progress = time.perf_counter()
+    while len(arrived) < len(expected):
+        await asyncio.sleep(0.01)
+        gained = await offsets.gained()
+        now = time.perf_counter()
+        for topic, count in gained.items():
+            if count >= expected[topic]:
+                arrived.setdefault(topic, now)
+        if gained != last:
+            last, last_progress = gained, now
+        elif now - last_progress > stall_s:
+            break
+    return arrived
 
 
 @dataclass
@@ -294,25 +314,24 @@ class _Bench:
         return f"{self.prefix}-{name}"
 
     async def drive(self, planned: list[workload.Planned], stall_s: float = 30) -> dict[str, Any]:
-        """Send `planned` as fast as possible; what came back, checked against the plan."""
+        """Send `planned` as fast as possible and time it by the topics' end offsets; what
+        came back is read afterwards and checked against the plan."""
         t = self.target
         orgs = {p.organization_id.encode() for p in planned}
         groups = {p.group_id.encode() for p in planned if p.eventful}
         events_expected = workload.expected_events(planned)
         seen = _Seen()
 
-        def on_record(record: kafka_io.Record, seen_at: float) -> None:
+        def on_record(record: kafka_io.Record) -> None:
             if record.topic == t.topic_results:
                 if record.key in orgs:
                     seen.codes[orjson.loads(record.value)["code"]] += 1
                     seen.results += 1
-                    seen.last_result = seen_at
             elif record.key in groups:
                 seen.events += 1
-                seen.last_event = seen_at
 
-        tail = kafka_io.Tail(t, [t.topic_events, t.topic_results], on_record)
-        await tail.start()
+        offsets = kafka_io.Offsets(t, [t.topic_events, t.topic_results])
+        await offsets.start()
         client = kafka_io.producer(t)
         await client.start()
         try:
@@ -322,33 +341,36 @@ class _Bench:
                 started = time.perf_counter()
                 await kafka_io.produce(client, t.topic_commands, records)
                 produced = time.perf_counter()
-                complete = await tail.wait(
-                    lambda: seen.events >= events_expected and seen.results >= len(planned),
-                    stall_s,
-                )
+                expected = {t.topic_events: events_expected, t.topic_results: len(planned)}
+                arrived = await _arrivals(offsets, expected, stall_s)
+                cpu_after = self.cpu_seconds()
+            await offsets.read(on_record)
         finally:
             await client.stop()
-            await tail.stop()
+            await offsets.stop()
+        complete = len(arrived) == 2
+        last_event = arrived.get(t.topic_events, time.perf_counter())
+        last_result = arrived.get(t.topic_results, time.perf_counter())
         outcome: dict[str, Any] = {
             "complete": complete,
-            "seconds": max(seen.last_event, produced) - started,
+            "seconds": max(last_event, produced) - started,
             "produce_seconds": produced - started,
             # The consumer's share: the last result came this long after the first command.
-            "results_seconds": max(seen.last_result, produced) - started,
+            "results_seconds": max(last_result, produced) - started,
             "results": seen.results,
             "events": seen.events,
             "events_expected": events_expected,
         }
         if cpu_before is not None:
-            cpu = (self.cpu_seconds() or 0.0) - cpu_before
+            cpu = (cpu_after or 0.0) - cpu_before
             outcome["service_cpu_cores"] = round(cpu / outcome["seconds"], 2)
-        expected = workload.expected_codes(planned)
+        codes = workload.expected_codes(planned)
         if seen.results != len(planned):
             self.problem(f"{len(planned)} commands sent but {seen.results} results seen")
         if seen.events != events_expected:
             self.problem(f"{events_expected} events expected but {seen.events} seen")
-        if seen.codes != expected:
-            self.problem(f"result codes {dict(seen.codes)} differ from the plan's {dict(expected)}")
+        if seen.codes != codes:
+            self.problem(f"result codes {dict(seen.codes)} differ from the plan's {dict(codes)}")
         return outcome
 
     async def throughput_runs(self) -> None:
@@ -448,7 +470,7 @@ class _Bench:
         service = ServiceProcess(s, roles=("relay",))
         await service.start()
         self.progress(f"relay-only service started (pid {service.pid})")
-        offsets = kafka_io.Offsets(s, s.topic_events)
+        offsets = kafka_io.Offsets(s, [s.topic_events])
         await offsets.start()
         try:
             self.progress(f"relay: committing a backlog of {o.relay_backlog:,} outbox rows")
@@ -458,7 +480,7 @@ class _Bench:
             seen, last_progress = 0, started
             while seen < o.relay_backlog:
                 await asyncio.sleep(0.02)
-                now_seen = await offsets.gained()
+                now_seen = (await offsets.gained())[s.topic_events]
                 if now_seen > seen:
                     seen, last_progress = now_seen, time.perf_counter()
                 elif time.perf_counter() - last_progress > 30:
