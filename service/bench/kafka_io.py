@@ -17,11 +17,11 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 OnRecord = Callable[[Record, float], None]
 
 
-def producer(settings: Settings, linger_ms: int = 5) -> Any:
+def producer(settings: Settings) -> Any:
     return AIOKafkaProducer(
         **client_options(settings),
         acks="all",
-        linger_ms=linger_ms,
+        linger_ms=5,
         max_batch_size=512 * 1024,
         max_request_size=4 * 1024 * 1024,
     )
