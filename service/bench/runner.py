@@ -11,7 +11,7 @@ import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -164,8 +164,8 @@ class _Seen:
     codes: Counter[int] = field(default_factory=Counter)
 
 
-async def _arrivals(
-    offsets: kafka_io.Offsets, expected: dict[str, int], stall_s: float
+async def arrivals(
+    gained: Callable[[], Awaitable[dict[str, int]]], expected: dict[str, int], stall_s: float
 ) -> dict[str, float]:
     """When each topic had gained its expected number of records, polled every 10 ms; the
     topics that never got there (nothing new for `stall_s`) are left out."""
@@ -174,13 +174,13 @@ async def _arrivals(
     last_progress = time.perf_counter()
     while len(arrived) < len(expected):
         await asyncio.sleep(0.01)
-        gained = await offsets.gained()
+        counts = await gained()
         now = time.perf_counter()
-        for topic, count in gained.items():
+        for topic, count in counts.items():
             if count >= expected[topic]:
                 arrived.setdefault(topic, now)
-        if gained != last:
-            last, last_progress = gained, now
+        if counts != last:
+            last, last_progress = counts, now
         elif now - last_progress > stall_s:
             break
     return arrived
@@ -342,7 +342,7 @@ class _Bench:
                 await kafka_io.produce(client, t.topic_commands, records)
                 produced = time.perf_counter()
                 expected = {t.topic_events: events_expected, t.topic_results: len(planned)}
-                arrived = await _arrivals(offsets, expected, stall_s)
+                arrived = await arrivals(offsets.gained, expected, stall_s)
                 cpu_after = self.cpu_seconds()
             await offsets.read(on_record)
         finally:
@@ -477,15 +477,9 @@ class _Bench:
             await self.fill_outbox(o.relay_backlog)
             cpu_before = service.cpu_seconds()
             started = time.perf_counter()
-            seen, last_progress = 0, started
-            while seen < o.relay_backlog:
-                await asyncio.sleep(0.02)
-                now_seen = (await offsets.gained())[s.topic_events]
-                if now_seen > seen:
-                    seen, last_progress = now_seen, time.perf_counter()
-                elif time.perf_counter() - last_progress > 30:
-                    break
-            finished = last_progress
+            arrived = await arrivals(offsets.gained, {s.topic_events: o.relay_backlog}, 30)
+            finished = arrived.get(s.topic_events, time.perf_counter())
+            seen = (await offsets.gained())[s.topic_events]
             cpu_cores = (service.cpu_seconds() - cpu_before) / (time.perf_counter() - started)
             unpublished = await self._unpublished_after(5)
         except BaseException:
