@@ -111,7 +111,14 @@ async def lifespan(
             if Role.RELAY in roles and settings.relay_enabled:
                 state_topic = settings.topic_state if settings.relay_publish_state else None
                 publisher = EventPublisher(producer, settings, state_topic=state_topic)
-                relay = OutboxRelay(pool, publisher, settings, container.metrics, container.health)
+                relay = OutboxRelay(
+                    pool,
+                    publisher,
+                    settings,
+                    container.metrics,
+                    container.health,
+                    woken_by_commits=Role.CONSUMER in roles,
+                )
                 consumer.on_committed.append(relay.wakeup)
                 container.relay = relay
                 container.tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))

@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     relay_enabled: bool = True
     relay_batch_size: int = Field(default=2000, ge=1)
     relay_poll_min_s: float = Field(default=0.005, gt=0)
-    relay_poll_max_s: float = Field(default=0.2, gt=0)
+    # Unset: 0.2 s with a consumer in the same process (its commits wake the relay), 0.01 s
+    # in a process of its own, where polls are the only way it hears of commits.
+    relay_poll_max_s: float | None = Field(default=None, gt=0)
     relay_lock_retry_s: float = Field(default=1.0, gt=0)
     # Kafka slower than this to acknowledge a batch marks the relay degraded (it keeps waiting).
     relay_ack_timeout_s: float = Field(default=5.0, gt=0)

@@ -10,10 +10,11 @@ relays but reorders a group's events whenever two relays hold neighbouring rows.
 
 Wake-up: an in-process signal from the consumer after each commit plus adaptive polling
 (fast while polls find rows no signal announced, backing off to `relay_poll_max_s`
-otherwise). LISTEN/NOTIFY is not used: NOTIFY takes a global lock at commit, which
-serializes every writer's commits; measured here (2 cores, synchronous_commit on) it cut
-one writer's transactions by 26% and eight writers' by 44%, while an idle poll of the
-partial index costs a fraction of a millisecond."""
+otherwise, by default shorter in a process with no consumer to signal). LISTEN/NOTIFY is
+not used: NOTIFY takes a global lock at commit, which serializes every writer's commits;
+measured here (2 cores, synchronous_commit on) it cut one writer's transactions by 26%
+and eight writers' by 44%, while an idle poll of the partial index costs a fraction of a
+millisecond."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ class PollPacing:
         self.wait_s = self._minimum_s if found else min(self.wait_s * 2, self._maximum_s)
 
 
+# RELAY_POLL_MAX_S when unset, with and without commits in the same process to wake it.
+POLL_MAX_WOKEN_S = 0.2
+POLL_MAX_ALONE_S = 0.01
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -54,10 +60,15 @@ class OutboxRelay:
         settings: Settings,
         metrics: Metrics,
         health: Health,
+        *,
+        woken_by_commits: bool = True,
     ) -> None:
         self._pool = pool
         self._publisher = publisher
         self._settings = settings
+        self._poll_max_s = settings.relay_poll_max_s or (
+            POLL_MAX_WOKEN_S if woken_by_commits else POLL_MAX_ALONE_S
+        )
         self._metrics = metrics
         self._health = health
         self.wakeup = asyncio.Event()
@@ -98,7 +109,7 @@ class OutboxRelay:
 
     async def _publish_forever(self, conn: Connection) -> None:
         settings = self._settings
-        pacing = PollPacing(settings.relay_poll_min_s, settings.relay_poll_max_s)
+        pacing = PollPacing(settings.relay_poll_min_s, self._poll_max_s)
         polled = True
         while True:
             # Cleared before the read, not after the publish: a commit made meanwhile (its

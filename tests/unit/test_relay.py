@@ -71,20 +71,37 @@ class FakePublisher:
 
 
 def start_relay(
-    outbox: FakeOutbox, monkeypatch: pytest.MonkeyPatch, poll_max_s: float = 0.2
+    outbox: FakeOutbox,
+    monkeypatch: pytest.MonkeyPatch,
+    poll_max_s: float | None = 0.2,
+    *,
+    woken_by_commits: bool = True,
 ) -> tuple[OutboxRelay, FakePublisher, asyncio.Task[None]]:
     monkeypatch.setattr(relay_module, "outbox_store", outbox)
     settings = Settings(relay_poll_min_s=0.005, relay_poll_max_s=poll_max_s)
     publisher = FakePublisher()
-    relay = OutboxRelay(FakePool(), publisher, settings, Metrics(), Health())  # type: ignore[arg-type]
+    relay = OutboxRelay(
+        FakePool(),  # type: ignore[arg-type]
+        publisher,  # type: ignore[arg-type]
+        settings,
+        Metrics(),
+        Health(),
+        woken_by_commits=woken_by_commits,
+    )
     return relay, publisher, asyncio.create_task(relay.run())
 
 
 @contextlib.asynccontextmanager
 async def relay_on(
-    outbox: FakeOutbox, monkeypatch: pytest.MonkeyPatch, poll_max_s: float = 0.2
+    outbox: FakeOutbox,
+    monkeypatch: pytest.MonkeyPatch,
+    poll_max_s: float | None = 0.2,
+    *,
+    woken_by_commits: bool = True,
 ) -> AsyncIterator[tuple[OutboxRelay, FakePublisher]]:
-    relay, publisher, task = start_relay(outbox, monkeypatch, poll_max_s)
+    relay, publisher, task = start_relay(
+        outbox, monkeypatch, poll_max_s, woken_by_commits=woken_by_commits
+    )
     try:
         yield relay, publisher
     finally:
@@ -147,3 +164,15 @@ async def test_a_wakeup_in_the_same_moment_as_its_cancellation_still_stops_it(
     task.cancel()
     await asyncio.wait([task], timeout=1)
     assert task.cancelled()
+
+
+@pytest.mark.parametrize(("woken_by_commits", "fewest", "most"), [(False, 20, 60), (True, 3, 9)])
+async def test_unset_poll_max_is_short_only_where_no_commit_can_wake_the_relay(
+    monkeypatch: pytest.MonkeyPatch, woken_by_commits: bool, fewest: int, most: int
+) -> None:
+    outbox = FakeOutbox()
+    async with relay_on(outbox, monkeypatch, None, woken_by_commits=woken_by_commits):
+        await asyncio.sleep(0.5)
+    # Empty polls back off from 5 ms: to 10 ms alone (about 48 in 0.5 s), to 200 ms beside
+    # a consumer (7).
+    assert fewest <= outbox.reads <= most
