@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
 from service.adapters.command_store import CommandStore
@@ -18,10 +17,15 @@ from service.adapters.db import Pool, create_pool, migrate
 from service.adapters.kafka import (
     CommandPublisher,
     EventPublisher,
+    client_options,
     create_broker,
     create_producer,
+    create_relay_producer,
     ensure_topics,
 )
+from service.adapters.kafka_start import wait_for_topics
+from service.adapters.outbox_store import PostgresOutbox
+from service.adapters.reply_copies import ReplyCopies, create_copy_producer
 from service.config import Settings
 from service.entrypoints import consumer as consumer_entrypoint
 from service.entrypoints.asyncapi import document_topics
@@ -50,6 +54,7 @@ class Container:
     roles: frozenset[Role]
     subscriber: Any = None
     relay: OutboxRelay | None = None
+    copies: ReplyCopies | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -62,23 +67,35 @@ async def _cancel(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
             log.error("task %s did not stop when cancelled", task.get_name())
 
 
-async def _stop_kafka(broker: KafkaBroker, producer: AIOKafkaProducer, timeout_s: float) -> None:
-    """With Kafka down the producer would wait forever for its unsent messages; they are safe
+async def _stop_kafka(
+    broker: KafkaBroker, closers: list[Callable[[], Awaitable[None]]], timeout_s: float
+) -> None:
+    """With Kafka down a producer would wait forever for its unsent messages; they are safe
     to drop (unacknowledged outbox rows stay unpublished, commands stay uncommitted), so
     shutdown does not wait for them."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            await broker.stop()
-        async with asyncio.timeout(timeout_s):
-            await producer.stop()
-    except TimeoutError:
-        log.warning("Kafka did not close in time; unsent messages will be redelivered")
+    for close in [broker.stop, *closers]:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await close()
+        except TimeoutError:
+            log.warning("Kafka did not close in time; unsent messages will be redelivered")
+
+
+async def _prepare_topics(settings: Settings, roles: frozenset[Role]) -> None:
+    if settings.topic_auto_create:
+        await ensure_topics(settings)
+    elif Role.CONSUMER in roles:
+        # Created elsewhere, maybe a moment ago: see `wait_for_leaders`.
+        await wait_for_topics(client_options(settings), [settings.topic_commands])
 
 
 @contextlib.asynccontextmanager
 async def lifespan(
-    settings: Settings, roles: frozenset[Role] = ALL_ROLES
+    settings: Settings,
+    roles: frozenset[Role] = ALL_ROLES,
+    on_fatal: Callable[[BaseException], None] = lambda _: None,
 ) -> AsyncIterator[Container]:
+    """`on_fatal`: called when a part cannot go on and the process should exit."""
     pool = await create_pool(settings)
     command_pool: Pool | None = None
     try:
@@ -89,30 +106,42 @@ async def lifespan(
         command_pool = await create_pool(
             settings, min_size=1, max_size=settings.command_lanes, stateless=True
         )
-        if settings.topic_auto_create:
-            await ensure_topics(settings)
+        await _prepare_topics(settings, roles)
         broker = create_broker(settings)
         producer = create_producer(settings)
         container = Container(settings, pool, broker, Metrics(), Health(), roles)
+        copies = ReplyCopies(
+            create_copy_producer(client_options(settings), settings.kafka_client_id),
+            container.metrics,
+            anchor_topic=settings.topic_results,
+        )
+        container.copies = copies
         consumer = consumer_entrypoint.CommandConsumer(
             CommandStore(command_pool),
-            CommandPublisher(producer, settings),
+            CommandPublisher(producer, settings, copies, container.metrics),
             container.metrics,
             settings.command_max_bytes,
             lanes=settings.command_lanes,
+            own_topics=frozenset(settings.topics),
         )
-        pipeline = consumer_entrypoint.Pipeline(consumer, health=container.health)
+        pipeline = consumer_entrypoint.Pipeline(
+            consumer, health=container.health, on_stopped=on_fatal
+        )
         if Role.CONSUMER in roles:
             container.subscriber = consumer_entrypoint.subscribe(broker, settings, pipeline)
         document_topics(broker, settings)
+        relay_producer = create_relay_producer(settings)
+        closers = [copies.stop, producer.stop, relay_producer.stop]
         await producer.start()
+        await copies.start()
         await broker.start()
         try:
             if Role.RELAY in roles and settings.relay_enabled:
+                await relay_producer.start()
                 state_topic = settings.topic_state if settings.relay_publish_state else None
-                publisher = EventPublisher(producer, settings, state_topic=state_topic)
+                publisher = EventPublisher(relay_producer, settings, state_topic=state_topic)
                 relay = OutboxRelay(
-                    pool,
+                    PostgresOutbox(pool),
                     publisher,
                     settings,
                     container.metrics,
@@ -131,7 +160,7 @@ async def lifespan(
                 await container.subscriber.stop()
             await pipeline.drain(settings.shutdown_timeout_s)
             await _cancel(container.tasks, settings.shutdown_timeout_s)
-            await _stop_kafka(broker, producer, settings.shutdown_timeout_s)
+            await _stop_kafka(broker, closers, settings.shutdown_timeout_s)
     finally:
         if command_pool is not None:
             async with asyncio.timeout(settings.shutdown_timeout_s):

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     command_lanes: int = Field(default=2, ge=1)
     command_max_bytes: int = Field(default=1024 * 1024, ge=1024)
     processed_commands_retention_days: float = Field(default=7, gt=0)
+    # Where a command partition with no committed offset starts. "retention": at its first
+    # command within PROCESSED_COMMANDS_RETENTION_DAYS, as older ones may apply a second time;
+    # "earliest": at its beginning, for when those were never applied (a restored database).
+    command_start_without_offset: Literal["retention", "earliest"] = "retention"
     outbox_retention_days: float = Field(default=7, gt=0)
     prune_interval_s: float = Field(default=60, gt=0)
     prune_batch_size: int = Field(default=5000, ge=1)
@@ -70,6 +74,10 @@ class Settings(BaseSettings):
     # Kafka slower than this to acknowledge a batch marks the relay degraded (it keeps waiting).
     relay_ack_timeout_s: float = Field(default=5.0, gt=0)
     relay_publish_state: bool = True
+    # The longest an event the relay handed to Kafka may take to arrive; after it, the
+    # relay's producer gives up on it. A relay that takes over from one that did not hand
+    # over cleanly waits this long before it publishes, so no old event lands after a newer.
+    relay_delivery_timeout_s: float = Field(default=10.0, ge=1.0)
 
     http_enabled: bool = True
     http_host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces by default

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.domain.headers import Refused
 from service.domain.results import CommandResult
+
+if TYPE_CHECKING:
+    from service.adapters.outbox_store import Backlog
 
 # SQLSTATE classes that say "try again later": connection, resources, operator intervention,
 # transaction rollback (serialization, deadlock).
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "40")
+
+
+def backoff(failures: int, first_s: float, max_s: float) -> float:
+    """The wait before retry number `failures` (from 1): doubling up to `max_s`, each drawn
+    from its upper half at random, so that many instances retrying at once drift apart."""
+    ceiling: float = min(first_s * 2 ** (failures - 1), max_s)
+    return ceiling * (0.5 + random.random() / 2)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -64,12 +77,54 @@ class Metrics:
             "Age of the oldest unpublished outbox row",
             registry=r,
         )
+        self.headers_refused = Counter(
+            "customer_groups_headers_refused",
+            "Command headers left out because they break their rule (the command is handled"
+            " as if they were absent)",
+            ["header", "reason"],
+            registry=r,
+        )
+        self.misrouted_commands = Counter(
+            "customer_groups_misrouted_commands",
+            "Commands whose Kafka key is not their organization_id",
+            registry=r,
+        )
+        self.replies_dropped = Counter(
+            "customer_groups_reply_copies_dropped",
+            "Copies of results to a producer's reply_to topic that were not sent",
+            ["reason"],
+            registry=r,
+        )
+        self.results_not_sendable = Counter(
+            "customer_groups_results_not_sendable",
+            "Results or dead letters Kafka refused, replaced by a small stand-in",
+            ["kind"],
+            registry=r,
+        )
+        self.outbox_parked = Gauge(
+            "customer_groups_outbox_parked",
+            "Outbox rows set aside: refused by Kafka for good, or waiting behind such a row",
+            registry=r,
+        )
+        self.events_parked = Counter(
+            "customer_groups_events_parked",
+            "Outbox rows the relay set aside because Kafka cannot take them",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "customer_groups_consumer_lag",
             "Commands not yet consumed, per assigned partition (set at scrape time)",
             ["topic", "partition"],
             registry=r,
         )
+
+    def observe_backlog(self, backlog: Backlog) -> None:
+        self.outbox_backlog.set(backlog.rows)
+        self.outbox_oldest_age.set(backlog.oldest_age)
+        self.outbox_parked.set(backlog.parked)
+
+    def count_refused(self, refused: Refused) -> None:
+        self.headers_refused.labels(refused.header, refused.reason).inc()
 
     def count_command(self, command_type: str, result: CommandResult) -> None:
         # labels() validates and locks on every call: 3.6% of the consumer's CPU when it

@@ -2,7 +2,11 @@
 
 Ordering design: exactly one relay publishes at a time. Leadership is a PostgreSQL session
 advisory lock; standbys retry it every `relay_lock_retry_s`, and the lock is released the
-moment the leader's connection drops, so failover takes about that long. A single
+moment the leader's connection drops. Every read and mark goes through that session, so a
+leader whose session is gone stops at its next step. Fencing: the relay's producer gives up
+on a record after `relay_delivery_timeout_s`, so nothing a leader handed to Kafka can
+arrive later than that; a leader that ends its term cleanly says so, and a new leader whose
+predecessor did not waits that long before it publishes. A single
 publisher reading `published_at IS NULL ORDER BY id` keeps each group's events in version
 order: a group's changes are serialized by its organization's lock in the writer, so their
 outbox ids are in commit order. Partitioned claiming (or SKIP LOCKED) would allow parallel
@@ -11,22 +15,23 @@ relays but reorders a group's events whenever two relays hold neighbouring rows.
 Wake-up: an in-process signal from the consumer after each commit plus adaptive polling
 (fast while polls find rows no signal announced, backing off to `relay_poll_max_s`
 otherwise, by default shorter in a process with no consumer to signal). LISTEN/NOTIFY is
-not used: NOTIFY takes a global lock at commit, which serializes every writer's commits;
-measured here (2 cores, synchronous_commit on) it cut one writer's transactions by 26%
-and eight writers' by 44%, while an idle poll of the partial index costs a fraction of a
-millisecond."""
+not used: NOTIFY takes a global lock at commit, which serializes every writer's commits
+(docs/benchmark.md has what that cost), while an idle poll of the partial index is cheap."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 
 from service.adapters import outbox_store
-from service.adapters.db import Connection, Pool
-from service.adapters.kafka import EventPublisher
+from service.adapters.db import Pool
+from service.adapters.outbox_store import OutboxRow, Term
 from service.config import Settings
-from service.observability import Health, Metrics, is_transient
+from service.observability import Health, Metrics, backoff, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +57,55 @@ POLL_MAX_WOKEN_S = 0.2
 POLL_MAX_ALONE_S = 0.01
 
 
+class Leader(Protocol):
+    """The relay leader's session with the outbox (adapters.outbox_store.LeaderSession)."""
+
+    async def try_lead(self) -> Term | None: ...
+
+    async def hand_over(self, *, clean: bool) -> None: ...
+
+    async def alive(self) -> None: ...
+
+    async def unpublished(self, limit: int) -> list[OutboxRow]: ...
+
+    async def mark_published(self, ids: Sequence[int]) -> None: ...
+
+    async def parked_groups(self) -> set[str]: ...
+
+    async def park(self, reasons: Sequence[tuple[int, str]]) -> None: ...
+
+
+class Outbox(Protocol):
+    def session(self) -> AbstractAsyncContextManager[Leader]: ...
+
+
+class Publisher(Protocol):
+    def refusal(self, row: OutboxRow) -> str | None: ...
+
+    async def publish(self, rows: Sequence[OutboxRow]) -> None: ...
+
+
+WAITS_BEHIND = "waits behind a parked event of its group"
+
+
 class OutboxRelay:
+    """Publishes the outbox in id order while it leads; see the module's docstring.
+
+    Poison: a row Kafka cannot take (too large, or refused for good) is parked with its
+    reason, and so is every later row of its group, which must not overtake it; the relay
+    goes on with every other group. An operator retries or releases parked rows."""
+
     def __init__(
         self,
-        pool: Pool,
-        publisher: EventPublisher,
+        outbox: Outbox,
+        publisher: Publisher,
         settings: Settings,
         metrics: Metrics,
         health: Health,
         *,
         woken_by_commits: bool = True,
     ) -> None:
-        self._pool = pool
+        self._outbox = outbox
         self._publisher = publisher
         self._settings = settings
         self._poll_max_s = settings.relay_poll_max_s or (
@@ -74,6 +116,8 @@ class OutboxRelay:
         self.wakeup = asyncio.Event()
         self.leading = False
         self._failures = 0
+        self._parked: set[str] = set()
+        self._sending = False
 
     async def run(self) -> None:
         while True:
@@ -85,7 +129,7 @@ class OutboxRelay:
                 self.leading = False
                 self._health.degraded("relay", f"{type(error).__name__}: {error}")
                 self._failures += 1
-                delay = min(0.1 * 2 ** (self._failures - 1), 5.0)
+                delay = backoff(self._failures, 0.1, 5.0)
                 log.warning("outbox relay paused, retrying in %.1fs: %r", delay, error)
                 await asyncio.sleep(delay)
 
@@ -94,20 +138,34 @@ class OutboxRelay:
         self._health.ok("relay")
 
     async def _lead(self) -> None:
-        async with self._pool.acquire() as conn:
-            while not await outbox_store.try_lead(conn):
+        async with self._outbox.session() as leader:
+            while (term := await leader.try_lead()) is None:
                 self._working()
                 await asyncio.sleep(self._settings.relay_lock_retry_s)
-            log.info("outbox relay is the active publisher")
-            self.leading = True
             try:
-                await self._publish_forever(conn)
+                if not term.predecessor_released:
+                    # Whatever the last leader handed to Kafka arrives or expires within
+                    # the delivery timeout; publishing sooner could put an older event of
+                    # a group after a newer one.
+                    wait_s = self._settings.relay_delivery_timeout_s
+                    log.warning(
+                        "outbox relay leads (term %d) after a leader that did not hand over;"
+                        " waiting %.1fs for its deliveries to settle",
+                        term.epoch,
+                        wait_s,
+                    )
+                    await asyncio.sleep(wait_s)
+                    await leader.alive()
+                log.info("outbox relay is the active publisher (term %d)", term.epoch)
+                self.leading = True
+                self._parked = await leader.parked_groups()
+                await self._publish_forever(leader)
             finally:
                 self.leading = False
                 with contextlib.suppress(Exception):
-                    await conn.execute("SELECT pg_advisory_unlock($1)", outbox_store.RELAY_LOCK)
+                    await leader.hand_over(clean=not self._sending)
 
-    async def _publish_forever(self, conn: Connection) -> None:
+    async def _publish_forever(self, leader: Leader) -> None:
         settings = self._settings
         pacing = PollPacing(settings.relay_poll_min_s, self._poll_max_s)
         polled = True
@@ -115,11 +173,10 @@ class OutboxRelay:
             # Cleared before the read, not after the publish: a commit made meanwhile (its
             # rows possibly missed by this read) must cut the next wait short.
             self.wakeup.clear()
-            rows = await outbox_store.unpublished(conn, settings.relay_batch_size)
+            read_at = asyncio.get_running_loop().time()
+            rows = await leader.unpublished(settings.relay_batch_size)
             if rows:
-                await self._publish(rows)
-                await outbox_store.mark_published(conn, [row.id for row in rows])
-                self._metrics.events_published.inc(len(rows))
+                await self._relay(leader, rows, read_at)
             self._working()
             if len(rows) == settings.relay_batch_size:
                 continue
@@ -134,12 +191,67 @@ class OutboxRelay:
             except TimeoutError:
                 polled = True
 
-    async def _publish(self, rows: list[outbox_store.OutboxRow]) -> None:
-        """Wait for Kafka's acknowledgement however long it takes, degraded meanwhile.
+    async def _relay(self, leader: Leader, rows: list[OutboxRow], read_at: float) -> None:
+        """Publish a batch, park what cannot go, mark what went."""
+        if asyncio.get_running_loop().time() - read_at > self._settings.relay_lock_retry_s:
+            # Paused since the read (a stopped process, a stalled machine): another relay
+            # may lead by now and have published newer events of these groups.
+            await leader.alive()
+        if self._parked:
+            # Only this leader parks rows, but an operator may release them meanwhile.
+            self._parked = await leader.parked_groups()
+        parked: list[tuple[int, str]] = []
+        ready: list[OutboxRow] = []
+        for row in rows:
+            reason = WAITS_BEHIND if row.group_id in self._parked else self._publisher.refusal(row)
+            if reason is None:
+                ready.append(row)
+                continue
+            parked.append((row.id, reason))
+            self._parked.add(row.group_id)
+        published = await self._publish(ready, parked)
+        if parked:
+            await leader.park(parked)
+            self._metrics.events_parked.inc(sum(r != WAITS_BEHIND for _, r in parked))
+            log.error(
+                "outbox relay parked %d events (of groups %s): %s",
+                len(parked),
+                ", ".join(sorted({r.group_id for r in rows if r.group_id in self._parked})),
+                "; ".join(sorted({r for _, r in parked})),
+            )
+        if published:
+            await leader.mark_published([row.id for row in published])
+            self._metrics.events_published.inc(len(published))
 
-        The idempotent producer never expires a batch: it retries until the broker is back,
-        without duplicates or reordering. Giving up and sending the rows again would only
-        queue more copies behind the ones still waiting."""
+    async def _publish(
+        self, rows: list[OutboxRow], parked: list[tuple[int, str]]
+    ) -> list[OutboxRow]:
+        """The rows Kafka acknowledged. A refusal that is not transient is narrowed down to
+        its rows by publishing them one at a time, in order; those are parked."""
+        if not rows:
+            return []
+        try:
+            await self._send(rows)
+            return rows
+        except Exception as error:
+            if is_transient(error):
+                raise
+            if len(rows) == 1:
+                parked.append((rows[0].id, f"refused by Kafka: {error!r}"[:1000]))
+                self._parked.add(rows[0].group_id)
+                return []
+        published: list[OutboxRow] = []
+        for row in rows:
+            if row.group_id in self._parked:
+                parked.append((row.id, WAITS_BEHIND))
+            else:
+                published += await self._publish([row], parked)
+        return published
+
+    async def _send(self, rows: Sequence[OutboxRow]) -> None:
+        """Wait for Kafka's acknowledgement, degraded while it is slow. The relay's producer
+        gives up on a record after the delivery timeout, so a publish always ends."""
+        self._sending = True
         sending = asyncio.ensure_future(self._publisher.publish(rows))
         try:
             waited = 0.0
@@ -151,8 +263,10 @@ class OutboxRelay:
                         "relay", f"Kafka has not acknowledged {len(rows)} events in {waited:.0f}s"
                     )
             sending.result()
+            self._sending = False
         finally:
-            sending.cancel()
+            if not sending.done():
+                sending.cancel()
 
 
 class Pruner:
@@ -167,9 +281,7 @@ class Pruner:
         while True:
             try:
                 await self.prune_once()
-                rows, age = await outbox_store.backlog(self._pool)
-                self._metrics.outbox_backlog.set(rows)
-                self._metrics.outbox_oldest_age.set(age)
+                self._metrics.observe_backlog(await outbox_store.backlog(self._pool))
             except Exception as error:
                 log.warning("pruning skipped: %r", error)
             await asyncio.sleep(self._settings.prune_interval_s)

@@ -122,6 +122,8 @@ def make_settings(database_url: str, kafka: str, prefix: str, **overrides: objec
         "http_port": 0,
         "api_tokens": "token-a=org_a,token-b=org_b",
         "relay_poll_max_s": 0.05,
+        # A standby that takes over from a killed leader waits this long before it publishes.
+        "relay_delivery_timeout_s": 2.0,
     }
     values.update(overrides)
     return Settings.model_validate(values).namespaced(prefix)
@@ -154,6 +156,8 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(settings, min_size=1)
     await migrate(pool)
     await pool.execute("TRUNCATE customer_groups, outbox, processed_commands")
+    # A relay an earlier test stopped mid-publish would make the next leader wait it out.
+    await pool.execute("UPDATE relay_leader SET released = true")
     yield pool
     await pool.close()
 

@@ -15,7 +15,8 @@ import asyncpg
 
 from service.adapters.command_store import CommandStore
 from service.adapters.db import create_pool
-from service.adapters.kafka import EventPublisher, create_producer
+from service.adapters.kafka import EventPublisher, create_relay_producer
+from service.adapters.outbox_store import PostgresOutbox
 from service.config import Settings
 from service.domain.commands import CreateGroup, DeleteGroup, UpdateGroup
 from service.domain.results import CommandResult
@@ -37,11 +38,11 @@ class RunningRelay:
 async def running_relay(settings: Settings) -> AsyncIterator[RunningRelay]:
     """An OutboxRelay with a pool and a Kafka producer of its own, as one instance would run it."""
     pool = await create_pool(settings, min_size=1)
-    producer = create_producer(settings)
+    producer = create_relay_producer(settings)
     await producer.start()
     health, metrics = Health(), Metrics()
     publisher = EventPublisher(producer, settings, state_topic=settings.topic_state)
-    relay = OutboxRelay(pool, publisher, settings, metrics, health)
+    relay = OutboxRelay(PostgresOutbox(pool), publisher, settings, metrics, health)
     task = asyncio.create_task(relay.run())
     try:
         yield RunningRelay(relay, task, health, metrics)

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from service.adapters import locks
 from service.adapters.db import Connection, Pool
 from service.adapters.staging import Processed, Staging
 from service.domain.commands import DeleteGroup
@@ -26,10 +27,11 @@ GROUP_COLUMNS = (
 
 # Every writer of an organization's groups takes this lock first, so two consumers that
 # briefly share a partition during a rebalance cannot both apply one command, and one
-# group's outbox ids are handed out in the order its changes commit.
-_LOCK = """
-SELECT pg_advisory_xact_lock(k)
-FROM (SELECT DISTINCT hashtextextended(o, 7) AS k FROM unnest(ARRAY[{}]::text[]) AS o
+# group's outbox ids are handed out in the order its changes commit. Keys are taken in
+# order, so two batches never wait for each other in a cycle.
+_LOCK = f"""
+SELECT pg_advisory_xact_lock({locks.ORGANIZATIONS}, k)
+FROM (SELECT DISTINCT hashtext(o) AS k FROM unnest(ARRAY[{{}}]::text[]) AS o
       ORDER BY k) AS keys
 """
 
@@ -76,18 +78,19 @@ LOAD_BATCH = f"""
 SELECT p.organization_id, p.command_id, p.fingerprint, p.result::text AS result,
        NULL AS id, NULL AS name, NULL AS description, NULL AS platform_id,
        NULL::int AS version, NULL::timestamptz AS created_at,
-       NULL::timestamptz AS updated_at, NULL::timestamptz AS deleted_at
+       NULL::timestamptz AS updated_at, NULL::timestamptz AS deleted_at,
+       NULL AS name_key
 {_PROCESSED_BY_KEY}
 UNION ALL
-SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}
+SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}, g.name_key
 FROM unnest($3::text[]) AS k(id)
 CROSS JOIN LATERAL (SELECT * FROM customer_groups AS g WHERE g.id = k.id LIMIT 1) AS g
 UNION ALL
-SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}
+SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}, g.name_key
 FROM unnest($4::text[], $5::text[]) AS k(organization_id, name_key)
 CROSS JOIN LATERAL (
     SELECT * FROM customer_groups AS g
-    WHERE g.organization_id = k.organization_id AND lower(g.name) = k.name_key
+    WHERE g.organization_id = k.organization_id AND g.name_key = k.name_key
       AND g.deleted_at IS NULL
     LIMIT 1
 ) AS g
@@ -103,24 +106,26 @@ CROSS JOIN LATERAL (
 WRITE_BATCH = f"""
 WITH updated AS (
     UPDATE customer_groups AS g
-    SET name = u.name, description = u.description, platform_id = u.platform_id,
-        version = u.version, updated_at = u.updated_at, deleted_at = u.deleted_at
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
-                $6::timestamptz[], $7::timestamptz[])
-         AS u(id, name, description, platform_id, version, updated_at, deleted_at)
+    SET name = u.name, name_key = u.name_key, description = u.description,
+        platform_id = u.platform_id, version = u.version, updated_at = u.updated_at,
+        deleted_at = u.deleted_at
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                $7::timestamptz[], $8::timestamptz[])
+         AS u(id, name, name_key, description, platform_id, version, updated_at, deleted_at)
     WHERE g.id = u.id AND g.id = ANY($1::text[])
 ), inserted AS (
-    INSERT INTO customer_groups ({GROUP_COLUMNS})
-    SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                         $13::int[], $14::timestamptz[], $15::timestamptz[], $16::timestamptz[])
+    INSERT INTO customer_groups ({GROUP_COLUMNS}, name_key)
+    SELECT * FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                         $14::int[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
+                         $18::text[])
 ), events AS (
     INSERT INTO outbox (event_type, organization_id, group_id, group_version, command_id,
                         traceparent, payload, occurred_at)
-    SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::int[], $21::text[],
-                         $22::text[], $23::json[], $24::timestamptz[])
+    SELECT * FROM unnest($19::text[], $20::text[], $21::text[], $22::int[], $23::text[],
+                         $24::text[], $25::json[], $26::timestamptz[])
 )
 INSERT INTO processed_commands (organization_id, command_id, fingerprint, result)
-SELECT * FROM unnest($25::text[], $26::text[], $27::text[], $28::json[])
+SELECT * FROM unnest($27::text[], $28::text[], $29::text[], $30::json[])
 """
 
 NAME_INDEX = "customer_groups_live_name_key"
@@ -158,7 +163,7 @@ class PostgresBatch(Staging):
         organizations' locks (begin_batch), so this snapshot already sees their last writes."""
         self._size = len(commands)
         named = [
-            name_key(c.organization_id, c.name)
+            (c.organization_id, name_key(c.name))
             for c in commands
             if not isinstance(c, DeleteGroup) and c.name is not None
         ]
@@ -172,7 +177,8 @@ class PostgresBatch(Staging):
         )
         for row in rows:
             if row["id"] is not None:
-                self.remember(group_from_row(row))
+                group = group_from_row(row)
+                self.remember(group, holds_name=row["name_key"] == name_key(group.name))
                 continue
             result = CommandResult.from_json(row["organization_id"], orjson.loads(row["result"]))
             key = (row["organization_id"], row["command_id"])
@@ -209,6 +215,7 @@ class PostgresBatch(Staging):
             WRITE_BATCH,
             [g.id for g in updated],
             [g.name for g in updated],
+            [name_key(g.name) for g in updated],
             [g.description for g in updated],
             [g.platform_id for g in updated],
             [g.version for g in updated],
@@ -223,6 +230,7 @@ class PostgresBatch(Staging):
             [g.created_at for g in inserted],
             [g.updated_at for g in inserted],
             [g.deleted_at for g in inserted],
+            [name_key(g.name) for g in inserted],
             [e.type for e in events],
             [e.group.organization_id for e in events],
             [e.group.id for e in events],

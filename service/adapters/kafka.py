@@ -6,22 +6,26 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
+from service.adapters.kafka_start import wait_for_leaders
 from service.adapters.outbox_store import OutboxRow
+from service.adapters.reply_copies import ReplyCopies
 from service.config import Settings
+from service.domain.headers import valid_traceparent
 from service.domain.model import format_time
 from service.domain.results import CommandResult
+from service.observability import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +131,25 @@ def create_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
+def create_relay_producer(settings: Settings) -> AIOKafkaProducer:
+    """The relay's own producer of events and state records.
+
+    Not idempotent, so that it gives up on a record once its request timeout has passed
+    twice (an idempotent one never does): the relay's fencing rests on that bound. Order
+    holds all the same, as aiokafka sends one request at a time per partition; a retry may
+    write an event twice, with the same ce_id, which consumers accept anyway."""
+    return AIOKafkaProducer(
+        **client_options(settings),
+        client_id=f"{settings.kafka_client_id}-relay",
+        enable_idempotence=False,
+        acks="all",
+        linger_ms=1,
+        max_batch_size=512 * 1024,
+        request_timeout_ms=int(settings.relay_delivery_timeout_s * 1000 / 2),
+        partitioner=PARTITIONER,
+    )
+
+
 Message: TypeAlias = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
 
 
@@ -204,6 +227,9 @@ async def ensure_topics(settings: Settings) -> list[str]:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
             log.info("created topics %s", ", ".join(t.name for t in missing))
+        # Created just now, here or by another instance: a consumer joining its group
+        # before their partitions have leaders could be assigned none of them.
+        await wait_for_leaders(admin, [t.name for t in wanted])
         return [t.name for t in missing]
     finally:
         await admin.close()
@@ -222,6 +248,8 @@ class DeadLetter:
     record: ConsumerRecord[bytes, bytes]
     reason: str
     error: str
+    # Only the dlq_* headers, for a letter Kafka refused with the command's bytes.
+    bare: bool = False
 
 
 # A dead letter must fit the DLQ topic (the broker's default limit is about 1 MiB per batch)
@@ -232,68 +260,44 @@ DEAD_LETTER_MAX_BYTES = 1_000_000
 DLQ_PREFIX = "dlq_"
 _DEAD_LETTER_KEY_MAX = 1024
 
-# A reply_to topic is the producer's word: one that does not exist would hold up the whole
-# partition while the producer waits for its metadata, so its copy gets this long, once;
-# then copies to it are skipped for a while, or every batch naming it would wait as long.
-REPLY_TO_TIMEOUT_S = 2.0
-REPLY_TO_SKIP_S = 60.0
-_REPLY_TO_SKIPPED_MAX = 1000
-
 
 class CommandPublisher:
     """Sends command results and dead letters, and waits until Kafka has them all.
 
-    Copies to a producer's reply_to topic are best effort: the results topic is the record."""
+    Copies to a producer's reply_to topic are best effort and never waited for: the
+    results topic is the record."""
 
-    def __init__(self, producer: AIOKafkaProducer, settings: Settings) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        settings: Settings,
+        copies: ReplyCopies | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._producer = producer
+        self._not_sendable = (metrics or Metrics()).results_not_sendable.labels("result")
         self._settings = settings
+        self._copies = copies
         # Producers may not aim replies into the service's own streams.
         self._own_topics = set(settings.topics)
-        self._skipped_until: dict[str, float] = {}
 
     async def send(self, replies: Sequence[Reply], dead: Sequence[DeadLetter] = ()) -> None:
         pending = [await self._dead_letter(letter) for letter in dead]
         results: list[Message] = []
-        extra: list[Coroutine[Any, Any, None]] = []
         for reply in replies:
             body = orjson.dumps(reply.result.to_json())
-            key = reply.result.organization_id.encode()
-            results.append((key, body, _headers(reply)))
-            if reply.reply_to and self._writable(reply.reply_to):
-                extra.append(self._reply_to(body, key, reply))
+            if len(body) > RESULT_MAX_BYTES:
+                body = orjson.dumps(reply.result.not_sendable("larger than Kafka takes").to_json())
+                self._not_sendable.inc()
+            results.append((reply.result.organization_id.encode(), body, _headers(reply)))
         pending += await send_batches(self._producer, self._settings.topic_results, results)
         if pending:
             await asyncio.gather(*pending)
-        if extra:
-            await asyncio.gather(*extra)
-
-    def _writable(self, topic: str) -> bool:
-        if topic in self._own_topics:
-            return False
-        until = self._skipped_until.get(topic)
-        return until is None or until <= asyncio.get_running_loop().time()
-
-    async def _reply_to(self, body: bytes, key: bytes, reply: Reply) -> None:
-        topic = str(reply.reply_to)
-
-        async def publish() -> None:
-            await (await self._producer.send(topic, body, key=key, headers=_headers(reply)))
-
-        try:
-            async with asyncio.timeout(REPLY_TO_TIMEOUT_S):
-                await publish()
-        except (TimeoutError, KafkaError) as error:
-            log.warning(
-                "no copy of result %s to reply_to %r, none for %.0fs: %r",
-                reply.result.command_id,
-                topic,
-                REPLY_TO_SKIP_S,
-                error,
-            )
-            if len(self._skipped_until) >= _REPLY_TO_SKIPPED_MAX:
-                self._skipped_until.clear()
-            self._skipped_until[topic] = asyncio.get_running_loop().time() + REPLY_TO_SKIP_S
+        if self._copies is None:
+            return
+        for reply, (key, value, headers) in zip(replies, results, strict=True):
+            if reply.reply_to and reply.reply_to not in self._own_topics and value is not None:
+                self._copies.offer(reply.reply_to, key, value, headers)
 
     async def _dead_letter(self, letter: DeadLetter) -> asyncio.Future[Any]:
         record = letter.record
@@ -302,13 +306,14 @@ class CommandPublisher:
         # earlier trip through the DLQ would contradict this one's.
         headers = [(k, bytes(v or b"")) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
         size = len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
-        if size > DEAD_LETTER_MAX_BYTES:
+        if size > DEAD_LETTER_MAX_BYTES or letter.bare:
             headers = [
                 ("dlq_truncated", b"true"),
                 ("dlq_original_size", str(len(value or b"")).encode()),
             ]
             key = key[:_DEAD_LETTER_KEY_MAX] if key is not None else None
-            value = (value or b"")[: DEAD_LETTER_MAX_BYTES - 2 * _DEAD_LETTER_KEY_MAX]
+            keep = 0 if letter.bare else DEAD_LETTER_MAX_BYTES - 2 * _DEAD_LETTER_KEY_MAX
+            value = (value or b"")[:keep]
         about = {
             "dlq_reason": letter.reason,
             "dlq_error": letter.error[:1000],
@@ -325,6 +330,12 @@ class CommandPublisher:
 
 
 _JSON_CONTENT = ("content-type", b"application/json")
+# Every record the service sends stays under Kafka's default limit of about 1 MiB (the
+# broker's message.max.bytes, the producer's max_request_size), whatever was stored.
+EVENT_MAX_BYTES = 1_000_000
+RESULT_MAX_BYTES = 1_000_000
+# Key and headers of an event: ids and names the service checked, a valid traceparent.
+_EVENT_HEADROOM = 4096
 
 
 def _headers(reply: Reply) -> list[tuple[str, bytes]]:
@@ -347,9 +358,19 @@ def cloudevent_headers(row: OutboxRow, source: bytes) -> list[tuple[str, bytes]]
         ("ce_groupversion", str(row.group_version).encode()),
         ("ce_commandid", row.command_id.encode()),
     ]
-    if row.traceparent:
+    # Rows written before traceparent was checked may hold one that breaks W3C's rule.
+    if row.traceparent and valid_traceparent(row.traceparent):
         headers.append(("traceparent", row.traceparent.encode()))
     return headers
+
+
+def state_headers(row: OutboxRow) -> list[tuple[str, bytes]]:
+    """A compacting reader keeps the highest version per group, as event consumers do."""
+    return [
+        _JSON_CONTENT,
+        ("ce_id", row.event_id.encode()),
+        ("ce_groupversion", str(row.group_version).encode()),
+    ]
 
 
 def state_value(row: OutboxRow) -> bytes | None:
@@ -379,8 +400,18 @@ class EventPublisher:
         self._topic = topic or settings.topic_events
         self._state_topic = state_topic
 
+    @staticmethod
+    def refusal(row: OutboxRow) -> str | None:
+        """Why Kafka could never take this row's event, or None. Checked before sending: a
+        record the broker refuses leaves an idempotent producer's sequence broken."""
+        if len(row.payload) * 4 + _EVENT_HEADROOM <= EVENT_MAX_BYTES:
+            return None  # it fits even if every character takes four bytes
+        if len(row.payload.encode()) + _EVENT_HEADROOM > EVENT_MAX_BYTES:
+            return f"the event is larger than {EVENT_MAX_BYTES} bytes"
+        return None
+
     async def publish(self, rows: Sequence[OutboxRow], *, state_only: bool = False) -> None:
-        """Returns once Kafka has acknowledged every row; raises if any was not."""
+        """Returns once Kafka has settled every row; raises if any was not acknowledged."""
         pending: list[asyncio.Future[Any]] = []
         if not state_only:
             events = [
@@ -389,7 +420,10 @@ class EventPublisher:
             ]
             pending += await send_batches(self._producer, self._topic, events)
         if self._state_topic:
-            states = [(row.group_id.encode(), state_value(row), [_JSON_CONTENT]) for row in rows]
+            states = [(row.group_id.encode(), state_value(row), state_headers(row)) for row in rows]
             pending += await send_batches(self._producer, self._state_topic, states)
-        if pending:
-            await asyncio.gather(*pending)
+        # Every send settles before this returns, so a relay that hands over after a failed
+        # publish has nothing left on its way.
+        for outcome in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome

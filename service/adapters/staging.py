@@ -45,16 +45,18 @@ class Staging:
     outbox: list[OutboxRecord] = field(default_factory=list)
     records: list[tuple[AnyCommand, Processed]] = field(default_factory=list)
 
-    def remember(self, group: Group) -> None:
+    def remember(self, group: Group, *, holds_name: bool = True) -> None:
+        """`holds_name` is false for a live group whose name another group holds (one that
+        migration 0002 found sharing a name key with an older group)."""
         self.groups[group.id] = group
-        if group.is_live:
-            self.names[name_key(group.organization_id, group.name)] = group.id
+        if group.is_live and holds_name:
+            self.names[group.organization_id, name_key(group.name)] = group.id
 
     def unit_of_work(self, command_id: str, traceparent: str | None = None) -> StagedUnitOfWork:
         return StagedUnitOfWork(self, command_id, traceparent)
 
     def check_name_free(self, group: Group) -> None:
-        owner = self.names.get(name_key(group.organization_id, group.name))
+        owner = self.names.get((group.organization_id, name_key(group.name)))
         if owner is not None and owner != group.id:
             raise GroupNameTaken(group.name)
 
@@ -63,7 +65,9 @@ class Staging:
         if group is not None:
             old = self.groups.get(group.id)
             if old is not None and old.is_live:
-                del self.names[name_key(old.organization_id, old.name)]
+                old_name = (old.organization_id, name_key(old.name))
+                if self.names.get(old_name) == old.id:
+                    del self.names[old_name]
             if uow.groups.is_new:
                 self.new_ids.add(group.id)
             self.remember(group)

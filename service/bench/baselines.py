@@ -17,7 +17,7 @@ import orjson
 from service.adapters.command_store import LOAD_BATCH, WRITE_BATCH, begin_batch
 from service.adapters.db import Connection, Pool
 from service.bench.workload import CODES, Planned
-from service.domain.model import Group, group_json
+from service.domain.model import Group, group_json, name_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ def rows_for(planned: Sequence[Planned]) -> list[Rows]:
             Rows(
                 p,
                 (group.id, group.organization_id, group.name, group.description, None,
-                 group.version, now, now, group.deleted_at),
+                 group.version, now, now, group.deleted_at, name_key(group.name)),
                 (f"group.{p.kind}d", p.organization_id, p.group_id, p.version, p.command_id,
                  None, payload, now),
                 (p.organization_id, p.command_id, "0" * 64, result),
@@ -66,8 +66,8 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 def _updated(group: tuple[Any, ...]) -> tuple[Any, ...]:
     """A group row in WRITE_BATCH's column order for updates."""
-    id_, _, name, description, platform_id, version, _, updated_at, deleted_at = group
-    return id_, name, description, platform_id, version, updated_at, deleted_at
+    id_, _, name, description, platform_id, version, _, updated_at, deleted_at, key = group
+    return id_, name, key, description, platform_id, version, updated_at, deleted_at
 
 
 async def _transaction(conn: Connection, batch: Sequence[Rows]) -> None:
@@ -83,12 +83,12 @@ async def _transaction(conn: Connection, batch: Sequence[Rows]) -> None:
         [p.command_id for p in commands],
         [p.group_id for p in commands],
         [p.organization_id for p in named],
-        [p.name.lower() for p in named],
+        [name_key(p.name) for p in named],
     )
     await conn.execute(
         WRITE_BATCH,
-        *_columns([_updated(g) for gid, g in final.items() if gid not in created], 7),
-        *_columns([g for gid, g in final.items() if gid in created], 9),
+        *_columns([_updated(g) for gid, g in final.items() if gid not in created], 8),
+        *_columns([g for gid, g in final.items() if gid in created], 10),
         *_columns([r.outbox for r in batch if r.planned.eventful], 8),
         *_columns([r.processed for r in batch], 4),
     )

@@ -38,8 +38,8 @@ async def partitions(settings: Settings, topics: Sequence[str]) -> list[TopicPar
 
 async def produce(client: Any, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
     """Send them all as record batches, one per partition at a time: `send` per message
-    took 11-12 us of CPU a message against 3.5 (200,000 messages of 300 bytes), CPU that
-    the service under test shares."""
+    costs far more CPU per message (docs/benchmark.md), CPU that the service under test
+    shares."""
     sent = await send_batches(client, topic, [(key, value, []) for key, value in records])
     await asyncio.gather(*sent)
 

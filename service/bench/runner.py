@@ -26,16 +26,17 @@ from service.bench import baselines, kafka_io, workload
 from service.bench.options import BenchOptions, Report
 from service.bench.process import ServiceProcess
 from service.config import Settings
-from service.domain.model import format_time
+from service.domain.model import format_time, name_key
 
 MESSAGE_BYTES = 300
 SMALL_PRELOAD = 1000
+# Followed by a number; the name key of the whole is this one's and the number.
+PRELOADED_NAME = "Preloaded group "
 LATENCY_WARMUP_S = 2.0
 # The latency phase hands its commands to Kafka every 5 ms (as Kafka 4's clients linger by
 # default), one record batch per partition, each command timed from when it was due.
-# `send` per command with a 5 ms linger, timed from its handover, gave p50 1.8-3.6 ms and
-# p99 1.6-5.8 ms higher (three interleaved pairs): a wake-up per command and requests of
-# partly filled batches are CPU the service shares.
+# `send` per command, timed from its handover, gave higher percentiles (docs/benchmark.md):
+# a wake-up per command and requests of partly filled batches are CPU the service shares.
 LATENCY_TICK_MS = 5
 
 Progress = Callable[[str], None]
@@ -45,8 +46,9 @@ Progress = Callable[[str], None]
 def _no_collector_pauses() -> Iterator[None]:
     """The bench's own garbage collector stays out of what it times (as in `timeit`).
 
-    A full collection of the bench's objects took 21-61 ms; every result that arrived
-    meanwhile was stamped that much late, which is the bench's pause, not the service's."""
+    A full collection of the bench's objects takes long enough to matter; every result that
+    arrives meanwhile is stamped that much late, which is the bench's pause, not the
+    service's (docs/benchmark.md)."""
     gc.collect()
     gc.freeze()
     gc.disable()
@@ -250,15 +252,18 @@ class _Bench:
         """`count` groups spread over the bench's organizations, written set-based."""
         await self.pool.execute(
             """
-            INSERT INTO customer_groups (id, organization_id, name, description, platform_id,
-                                         version, created_at, updated_at, deleted_at)
+            INSERT INTO customer_groups (id, organization_id, name, name_key, description,
+                                         platform_id, version, created_at, updated_at,
+                                         deleted_at)
             SELECT 'grp_pre-' || i, ($1::text[])[1 + i % cardinality($1::text[])],
-                   'Preloaded group ' || i, 'A group that was there before the benchmark',
+                   $3 || i, $4 || i, 'A group that was there before the benchmark',
                    NULL, 1, now(), now(), NULL
             FROM generate_series(1, $2::int) AS i
             """,
             self.orgs,
             count,
+            PRELOADED_NAME,
+            name_key(PRELOADED_NAME),
         )
         await self.pool.execute("VACUUM ANALYZE customer_groups")
 
@@ -278,9 +283,9 @@ class _Bench:
                 self.progress(f"service started (pid {service.pid}, log {service.log_path})")
             self.figures["service_pids"] = [service.pid for service in self.services]
             await self.warm_up()
-            # Latency first: the throughput runs' bulk leaves PostgreSQL checkpointing for a
-            # minute or more. Measured after four of them, p99 was 47-149 ms in six runs
-            # (stalls up to 220 ms); measured first, 37-74 in three.
+            # Latency first: the throughput runs' bulk leaves PostgreSQL checkpointing long
+            # after they end, and latency measured after them had a much higher and wider
+            # p99 (docs/benchmark.md).
             if "latency" in wanted:
                 await self.latency()
             if "throughput" in wanted:
@@ -375,8 +380,9 @@ class _Bench:
 
     async def throughput_runs(self) -> None:
         """One run, or with a large --preload four: small, large, large again on top of the
-        first, small. Runs here vary by 15%, more than the 10% the comparison asks about;
-        the mean of two runs each, in this order, halves that and cancels a steady drift."""
+        first, small. One run against one varies here by more than the comparison's
+        tolerance (docs/benchmark.md); the mean of two runs each, in this order, halves that
+        and cancels a steady drift."""
         o = self.options
         compare = not (o.preload <= SMALL_PRELOAD or o.external)
         plan = [(SMALL_PRELOAD, True), (o.preload, True), (o.preload, False), (SMALL_PRELOAD, True)]
@@ -411,8 +417,8 @@ class _Bench:
             await self.preload(SMALL_PRELOAD)
         count = max(1, int(o.rate * o.latency_seconds))
         # Right after the tables were emptied, PostgreSQL spends the first seconds on
-        # statistics and new pages (single transactions took up to 70 ms); a service that
-        # has been running does not, so the first seconds at the rate are not measured.
+        # statistics and new pages (slow single transactions, docs/benchmark.md); a service
+        # that has been running does not, so the first seconds at the rate are not measured.
         warm = int(o.rate * LATENCY_WARMUP_S)
         self.progress(f"latency: {count:,} commands at {o.rate:,}/s, after {warm:,} unmeasured")
         planned = workload.plan(warm + count, self.orgs, self.tag("l"))

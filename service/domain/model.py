@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import unicodedata
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -24,9 +25,18 @@ def new_group_id(now_ms: int | None = None) -> str:
     return "grp_" + "".join(chars)
 
 
-def name_key(organization_id: str, name: str) -> tuple[str, str]:
-    """Names are unique per organization among live groups, compared case-insensitively."""
-    return organization_id, name.lower()
+def name_key(name: str) -> str:
+    """The form in which names are unique per organization among live groups: Unicode's
+    canonical caseless match (NFD, full case folding), stored composed.
+
+    The database stores this key rather than folding names itself: its lower() depends on
+    its collation and differs from Python's, so the in-batch check and the index disagreed.
+    Decomposing first matters: folding can itself yield a decomposed sequence (long s and
+    an acute, U+017F U+0301, fold to "s" U+0301; "ś" to itself) or a new starter (U+0345
+    folds to iota), which composing before folding would leave unequal. A change here
+    needs a migration that recomputes the stored keys (Unicode's stability policies keep
+    them valid across versions for characters already assigned)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).casefold())
 
 
 @dataclass(frozen=True, slots=True)

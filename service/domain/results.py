@@ -29,6 +29,17 @@ class CommandResult:
             command_id, organization_id, "rejected", reason.code, reason.error, reason.details
         )
 
+    def not_sendable(self, why: str) -> CommandResult:
+        """A small stand-in with the same outcome, for a result Kafka could never take."""
+        return CommandResult(
+            self.command_id,
+            self.organization_id,
+            self.status,
+            self.code,
+            "Result not sendable",
+            {"reason": why},
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "command_id": self.command_id,

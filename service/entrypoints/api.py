@@ -23,7 +23,8 @@ from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -73,6 +74,22 @@ class ApiError(HTTPException):
         return cls(reason.code, reason.error, reason.details)
 
 
+def _encodable(text: str) -> str:
+    # JSON escapes decode to any code point, lone surrogates ("\ud800") too, and those
+    # are text that nothing downstream can encode: orjson, Kafka and PostgreSQL refuse it.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            "string_unicode", "Input should be valid Unicode text, without lone surrogates"
+        ) from None
+    return text
+
+
+# Every string the API takes from a request, wherever it comes from.
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
 class ErrorBody(BaseModel):
     code: int
     error: str
@@ -101,13 +118,13 @@ class CreateBody(BaseModel):
     # docs their schema and turns away what is not even of the right type.
     model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["name"]})
 
-    name: str | None = Field(
+    name: Text | None = Field(
         None,
         description=f"Trimmed; 1-{NAME_MAX} characters; unique in the organization",
         examples=["VIP Customers"],
     )
-    description: str | None = Field(None, description=f"At most {DESCRIPTION_MAX} characters")
-    platform_id: str | None = Field(
+    description: Text | None = Field(None, description=f"At most {DESCRIPTION_MAX} characters")
+    platform_id: Text | None = Field(
         None, description=f"At most {PLATFORM_ID_MAX} characters: the id on another platform"
     )
 
@@ -207,13 +224,13 @@ def organization(
 
 
 Organization = Annotated[str, Depends(organization)]
-GroupId = Annotated[str, Path(description="The group's id, `grp_...`")]
+GroupId = Annotated[Text, Path(description="The group's id, `grp_...`")]
 IdempotencyKey = Annotated[
-    str | None,
+    Text | None,
     Header(description="Becomes the command_id: a retry with the same key gets the first result."),
 ]
 IfMatch = Annotated[
-    str | None, Header(description='The version the group must have, as its ETag: "3"')
+    Text | None, Header(description='The version the group must have, as its ETag: "3"')
 ]
 
 
@@ -406,7 +423,7 @@ async def list_groups(
     organization_id: Organization,
     page: Annotated[int, Query(ge=1, le=10_000_000)] = 1,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[Text | None, Query(description="next_cursor of the previous page")] = None,
     updated_at_min: Annotated[
         int | None, Query(ge=0, le=_MAX_MS, description="Unix ms, inclusive")
     ] = None,
@@ -561,6 +578,8 @@ def _describe(problem: Any) -> str:
     if tuple(problem["loc"]) == ("body",):
         if problem["type"] == "missing":
             return "A JSON body is required"
+        if problem["type"] == "string_unicode":
+            return "Field names must be valid Unicode text, without lone surrogates"
         return "The body must be a JSON object"
     where = ".".join(str(part) for part in problem["loc"][1:])
     return f"{where}: {problem['msg']}"

@@ -24,7 +24,13 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     roles = frozenset(Role(r) for r in args.role) if args.role else ALL_ROLES
-    app = create_app(settings, roles, on_started=_settle_heap)
+    fatal: list[BaseException] = []
+
+    def stop(error: BaseException) -> None:
+        fatal.append(error)
+        server.should_exit = True
+
+    app = create_app(settings, roles, on_started=_settle_heap, on_fatal=stop)
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -36,17 +42,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     )
     server = uvicorn.Server(config)
     # Each batch allocates thousands of short-lived objects; at Python's default threshold
-    # (700) the cycle collector ran so often that it took 12% of the consumer's CPU.
+    # the cycle collector ran so often that it took a large share of the consumer's CPU
+    # (docs/benchmark.md).
     gc.set_threshold(10_000, 10, 10)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve())
-    return 0 if server.started else 1
+    # A supervisor restarts a process that exits non-zero; what it did not commit comes again.
+    return 0 if server.started and not fatal else 1
 
 
 def _settle_heap() -> None:
     """What startup built lives as long as the process: frozen, full collections no longer
-    walk it. They paused the service for 68-79 ms at a time (one every 10-15 s in the bench),
-    16-46 ms once frozen."""
+    walk it, and their pauses of the service are much shorter (docs/benchmark.md)."""
     gc.collect()
     gc.freeze()
 

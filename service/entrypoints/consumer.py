@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +26,9 @@ from faststream.kafka.message import KafkaMessage as RawKafkaMessage
 from pydantic import TypeAdapter, ValidationError
 
 from service.adapters.kafka import CommandPublisher, DeadLetter, Reply
+from service.adapters.kafka_start import StartWithinRetention
 from service.config import Settings
+from service.domain import headers
 from service.domain.commands import (
     RULE_ERROR,
     Command,
@@ -98,16 +101,42 @@ def _describe(problem: Any) -> str:
     return f"{where}: {problem['msg']}" if where else str(problem["msg"])
 
 
-def _raw_header(record: Record, name: str) -> bytes | None:
+@dataclass(frozen=True, slots=True)
+class WireHeaders:
+    """The headers the service copies onto what it sends, each checked (domain.headers)."""
+
+    reply_to: str | None = None
+    correlation_id: bytes | None = None
+    traceparent: str | None = None
+
+
+_CHECKS: dict[str, Callable[[bytes, frozenset[str]], str | bytes | headers.Refused]] = {
+    "reply_to": headers.reply_to,
+    "correlation_id": lambda raw, _: headers.correlation_id(raw),
+    "traceparent": lambda raw, _: headers.traceparent(raw),
+}
+
+
+def read_headers(
+    record: Record, own_topics: frozenset[str], refused: Callable[[headers.Refused], None]
+) -> WireHeaders:
+    """The first value of each header the service copies; one that breaks its rule is left
+    out (and reported), so it never changes the command's outcome."""
+    kept: dict[str, Any] = {}
     for key, value in record.headers:
-        if key == name and value is not None:
-            return bytes(value)
-    return None
+        check = _CHECKS.get(key)
+        if check is None or key in kept or value is None:
+            continue
+        checked = check(bytes(value), own_topics)
+        if isinstance(checked, headers.Refused):
+            refused(checked)
+            kept[key] = None
+        else:
+            kept[key] = checked
+    return WireHeaders(**kept) if kept else _NO_HEADERS
 
 
-def _header(record: Record, name: str) -> str | None:
-    value = _raw_header(record, name)
-    return None if value is None else value.decode(errors="replace")
+_NO_HEADERS = WireHeaders()
 
 
 @dataclass(slots=True)
@@ -117,6 +146,26 @@ class Outcome:
     started: float
     replies: list[Reply | None]
     dead: list[DeadLetter]
+
+
+MISROUTED_LOG_EVERY_S = 60.0
+
+
+class RateLimitedLog:
+    """At most one warning per `every_s`, with how many were held back since the last."""
+
+    def __init__(self, every_s: float) -> None:
+        self._every_s = every_s
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        held, self._held, self._next = self._held, 0, now + self._every_s
+        log.warning(message + " (%d more since the last warning)", *args, held)
 
 
 # Below this many commands per lane, a lane's own round trips cost more latency than
@@ -190,6 +239,7 @@ class CommandConsumer:
         *,
         retry_max_s: float = 5.0,
         lanes: int = 1,
+        own_topics: frozenset[str] = frozenset(),
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -198,6 +248,8 @@ class CommandConsumer:
         self._retry_max_s = retry_max_s
         self._lanes = lanes
         self._order = LaneOrder(lanes)
+        self._own_topics = own_topics
+        self._misrouted = RateLimitedLog(MISROUTED_LOG_EVERY_S)
         self.on_committed: list[asyncio.Event] = []
 
     async def handle_records(self, records: Sequence[Record]) -> None:
@@ -231,10 +283,12 @@ class CommandConsumer:
     async def _apply(self, records: Sequence[Record]) -> Outcome:
         outcome = Outcome(asyncio.get_running_loop().time(), [None] * len(records), [])
         incoming: list[tuple[int, Incoming]] = []
+        wire = [read_headers(r, self._own_topics, self._metrics.count_refused) for r in records]
         for position, record in enumerate(records):
             parsed = parse_command(record.value, self._max_bytes)
             if not isinstance(parsed, Invalid):
-                incoming.append((position, Incoming(parsed, _header(record, "traceparent"))))
+                self._check_key(record, parsed.organization_id)
+                incoming.append((position, Incoming(parsed, wire[position].traceparent)))
                 continue
             if parsed.malformed:
                 outcome.dead.append(DeadLetter(record, parsed.reason, parsed.details))
@@ -242,7 +296,7 @@ class CommandConsumer:
                 result = CommandResult.rejected(
                     parsed.command_id, parsed.organization_id, InvalidCommand(parsed.details)
                 )
-                outcome.replies[position] = self._reply(record, result)
+                outcome.replies[position] = _reply(wire[position], result)
                 self._metrics.count_command("invalid", result)
         if incoming:
             parts = split_lanes(incoming, self._lanes)
@@ -260,7 +314,7 @@ class CommandConsumer:
                         letter = DeadLetter(records[position], "processing_failed", repr(done))
                         outcome.dead.append(letter)
                         continue
-                    outcome.replies[position] = self._reply(records[position], done)
+                    outcome.replies[position] = _reply(wire[position], done)
                     self._metrics.count_command(item.command.type, done)
             # Dead letters go out in their records' order, whichever lane failed them.
             outcome.dead.sort(key=lambda d: (d.record.partition, d.record.offset))
@@ -289,10 +343,30 @@ class CommandConsumer:
         try:
             await self._retrying(lambda: self._publisher.send(replies, outcome.dead))
         except Exception as error:
-            await self._isolate(records, error)
-            return
+            if len(records) > 1:
+                await self._isolate(records, error)
+                return
+            await self._send_stand_ins(replies, outcome.dead, error)
         self._metrics.dead_letters.inc(len(outcome.dead))
         self._metrics.batch_seconds.observe(asyncio.get_running_loop().time() - outcome.started)
+
+    async def _send_stand_ins(
+        self, replies: Sequence[Reply], dead: Sequence[DeadLetter], error: Exception
+    ) -> None:
+        """Kafka refused one record's result or dead letter for good: small stand-ins go
+        instead (the outcome without its group, no copied headers; a dead letter without the
+        command's bytes), and if even those are refused the line goes on without them."""
+        why = f"Kafka refused it: {type(error).__name__}"
+        stand_ins = [Reply(r.result.not_sendable(why)) for r in replies]
+        bare = [dataclasses.replace(d, bare=True) for d in dead]
+        try:
+            await self._retrying(lambda: self._publisher.send(stand_ins, bare))
+        except Exception as refused:
+            log.error("a result was not sendable, nor its stand-in: %r", refused)
+            self._metrics.results_not_sendable.labels("stand_in").inc()
+            return
+        self._metrics.results_not_sendable.labels("result").inc(len(replies))
+        self._metrics.dead_letters.inc(len(bare))
 
     async def _isolate(self, records: Sequence[Record], error: Exception) -> None:
         if len(records) > 1:
@@ -301,12 +375,31 @@ class CommandConsumer:
             return
         log.error("dead-lettering a command that failed: %r", error, exc_info=error)
         letter = DeadLetter(records[0], "processing_failed", repr(error))
-        await self._retrying(lambda: self._publisher.send([], [letter]))
+        try:
+            await self._retrying(lambda: self._publisher.send([], [letter]))
+        except Exception as refused:
+            # Kafka refuses even the dead letter for good: the line goes on without it.
+            log.error("dead letter not sendable, the command is skipped: %r", refused)
+            self._metrics.results_not_sendable.labels("dead_letter").inc()
+            return
         self._metrics.dead_letters.inc()
 
-    @staticmethod
-    def _reply(record: Record, result: CommandResult) -> Reply:
-        return Reply(result, _header(record, "reply_to"), _raw_header(record, "correlation_id"))
+    def _check_key(self, record: Record, organization_id: str) -> None:
+        """Applied all the same: the command is valid, only its order with the
+        organization's other commands is not guaranteed, which the producer should hear of."""
+        if record.key is not None and record.key == organization_id.encode():
+            return
+        self._metrics.misrouted_commands.inc()
+        self._misrouted.warning(
+            "commands keyed other than by their organization_id lose per-organization order;"
+            " e.g. partition %d offset %d",
+            record.partition,
+            record.offset,
+        )
+
+
+def _reply(wire: WireHeaders, result: CommandResult) -> Reply:
+    return Reply(result, wire.reply_to, wire.correlation_id)
 
 
 class Pipeline:
@@ -316,11 +409,16 @@ class Pipeline:
     acknowledged, and in batch order."""
 
     def __init__(
-        self, consumer: CommandConsumer, depth: int = 2, health: Health | None = None
+        self,
+        consumer: CommandConsumer,
+        depth: int = 2,
+        health: Health | None = None,
+        on_stopped: Callable[[BaseException], None] = lambda _: None,
     ) -> None:
         self._consumer = consumer
         self._depth = depth
         self.health = health or Health()
+        self._on_stopped = on_stopped
         self._pending: deque[asyncio.Task[None]] = deque()
         self._failure: BaseException | None = None
 
@@ -352,9 +450,13 @@ class Pipeline:
         try:
             await (await applied)
         except Exception as error:
-            log.critical("a batch's results were not sent; restart the service", exc_info=error)
-            self._failure = self._failure or error
-            self.health.degraded("pipeline", f"stopped, restart the service: {error!r}")
+            log.critical("a batch's results were not sent; the service stops", exc_info=error)
+            if self._failure is None:
+                self._failure = error
+                self.health.degraded("pipeline", f"stopped: {error!r}")
+                # Its partitions must go to an instance that can go on: the process exits
+                # (non-zero), and what was not committed is redelivered.
+                self._on_stopped(error)
         if previous is not None:
             await previous
         if self._failure is not None:
@@ -407,11 +509,15 @@ _FETCH_MIN_BYTES = 64 * 1024
 def subscribe(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> Any:
     """Register the batch subscriber; the pipeline commits its offsets."""
 
+    start = StartWithinRetention(settings, lambda: subscriber.consumer)
     subscriber = broker.subscriber(
         settings.topic_commands,
         batch=True,
         group_id=settings.kafka_consumer_group,
+        # For a committed offset out of range (its records deleted unread, or the topic
+        # recreated); with none committed, `start` chooses where to begin.
         auto_offset_reset="earliest",
+        listener=start,
         max_records=settings.command_batch_max,
         batch_timeout_ms=settings.command_batch_timeout_ms,
         # The broker holds a fetch until 64 KiB wait or this long has passed, so moderate

@@ -25,15 +25,17 @@ def create_app(
     settings: Settings,
     roles: frozenset[Role] = ALL_ROLES,
     on_started: Callable[[], None] = lambda: None,
+    on_fatal: Callable[[BaseException], None] = lambda _: None,
 ) -> FastAPI:
     """HTTP_ENABLED=false leaves out the API as a `--role` list without http does; health,
-    metrics and docs are served all the same. `on_started` runs once everything has started."""
+    metrics and docs are served all the same. `on_started` runs once everything has started;
+    `on_fatal` when a part of the service cannot go on."""
     if not settings.http_enabled:
         roles = roles - {Role.HTTP}
 
     @contextlib.asynccontextmanager
     async def app_lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with lifespan(settings, roles) as container:
+        async with lifespan(settings, roles, on_fatal) as container:
             app.state.container = container
             app.state.results = None
             app.state.asyncapi = None
@@ -67,10 +69,13 @@ def create_app(
 
     @app.get("/health/ready", tags=["ops"])
     async def ready(request: Request) -> Response:
-        problems = await _problems(request.app.state.container, request.app.state.results)
+        container: Container = request.app.state.container
+        problems = await _problems(container, request.app.state.results)
+        details = await _details(container)
         if problems:
-            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            body = {"status": "unavailable", "problems": problems, "details": details}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ready", "details": details})
 
     @app.get("/metrics", tags=["ops"])
     async def metrics(request: Request) -> Response:
@@ -126,14 +131,21 @@ async def _problems(container: Container, results: api.ResultWaiter | None) -> d
     return problems
 
 
+async def _details(container: Container) -> dict[str, int]:
+    """What an operator should look at that is no reason to withhold traffic: events set
+    aside (parked) wait for a decision (`customer-groups outbox parked`)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            return {"outbox_parked": await outbox_store.parked_count(container.pool)}
+    return {}
+
+
 async def _refresh_gauges(container: Container) -> None:
     """Gauges that are cheap to read at scrape time; a failed read keeps the last value."""
     metrics = container.metrics
     with contextlib.suppress(Exception):
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            rows, age = await outbox_store.backlog(container.pool)
-        metrics.outbox_backlog.set(rows)
-        metrics.outbox_oldest_age.set(age)
+            metrics.observe_backlog(await outbox_store.backlog(container.pool))
     consumer = getattr(container.subscriber, "consumer", None)
     if consumer is None:
         return

@@ -21,14 +21,17 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from service.config import Settings
-from service.ops import dlq, replay, republish, send, state, tail
+from service.ops import dlq, parked, replay, republish, send, state, tail
 from service.ops.common import (
     OpsError,
     Progress,
     Record,
+    database,
     iso,
     parse_partition_offset,
     parse_time,
+    printable,
+    printable_json,
 )
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -89,12 +92,24 @@ def _failed(args: argparse.Namespace, message: str) -> int:
     if args.json:
         _emit({"error": message})
     else:
-        print(f"error: {message}", file=sys.stderr)
+        _say(f"error: {message}", err=True)
     return 1
 
 
 def _emit(data: dict[str, Any]) -> None:
-    print(orjson.dumps(data).decode(), flush=True)
+    print(printable_json(orjson.dumps(data).decode()), flush=True)
+
+
+def _say(line: str, *, err: bool = False) -> None:
+    """Print one line. What it quotes (dead letters, results, group names, topics) can hold
+    anyone's bytes, so nothing in it may reach the terminal as a control."""
+    print(printable(line), file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _say_json(data: Any) -> None:
+    # json.dumps escapes the newlines in strings: every line it writes is one of its own.
+    for line in json.dumps(data, indent=2, ensure_ascii=False).split("\n"):
+        print(printable_json(line), flush=True)
 
 
 def _progress(args: argparse.Namespace) -> Progress:
@@ -116,6 +131,78 @@ def register(subparsers: Subparsers) -> None:
     _register_dlq(subparsers)
     _register_send(subparsers)
     _register_tail(subparsers)
+    _register_outbox(subparsers)
+
+
+# --- outbox (parked rows) ---------------------------------------------------------------
+
+
+def _register_outbox(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "outbox",
+        help="events the relay set aside because Kafka cannot take them: list, retry, release",
+        description=(
+            "The relay parks an outbox row Kafka refuses for good (and the later rows of its "
+            "group, which must not overtake it) and goes on with every other group."
+        ),
+    )
+    actions = parser.add_subparsers(dest="outbox_action", required=True, metavar="ACTION")
+    listing = actions.add_parser("parked", help="list parked rows, oldest first")
+    listing.add_argument("--organization", action="append", default=[], help="repeatable")
+    listing.add_argument("--group", action="append", default=[], help="repeatable")
+    _common(listing, writes=False)
+    listing.set_defaults(handler=_handler(_outbox_parked))
+    again = actions.add_parser(
+        "retry", help="put a group's parked rows back in line (e.g. after raising a limit)"
+    )
+    again.add_argument("--group", action="append", default=[], required=True, help="repeatable")
+    _common(again)
+    again.set_defaults(handler=_handler(_outbox_retry))
+    release = actions.add_parser(
+        "release",
+        help="give up on parked events (never published); the rows behind them go on",
+    )
+    release.add_argument(
+        "--event-id", action="append", default=[], required=True, help="repeatable"
+    )
+    _common(release)
+    release.set_defaults(handler=_handler(_outbox_release))
+
+
+async def _outbox_parked(args: argparse.Namespace, settings: Settings) -> int:
+    async with database(settings) as pool:
+        rows = await parked.list_parked(pool, args.organization, args.group)
+    if args.json:
+        _emit({"parked": [r.to_json() for r in rows]})
+        return 0
+    _say(f"{len(rows)} parked outbox rows")
+    for r in rows:
+        _say(
+            f"  {r.event_id} {r.event_type} {r.organization_id}/{r.group_id} "
+            f"v{r.group_version} ({r.payload_bytes} bytes) parked {r.parked_at}: {r.reason}"
+        )
+    return 0
+
+
+async def _outbox_retry(args: argparse.Namespace, settings: Settings) -> int:
+    async with database(settings) as pool:
+        count = await parked.retry(pool, args.group, dry_run=args.dry_run)
+    if args.json:
+        _emit({"requeued": count, "dry_run": args.dry_run})
+    else:
+        _say(f"{'would put' if args.dry_run else 'put'} {count} rows back in line")
+    return 0
+
+
+async def _outbox_release(args: argparse.Namespace, settings: Settings) -> int:
+    async with database(settings) as pool:
+        count = await parked.release(pool, args.event_id, dry_run=args.dry_run)
+    if args.json:
+        _emit({"released": len(args.event_id), "requeued": count, "dry_run": args.dry_run})
+    else:
+        verb = "would release" if args.dry_run else "released"
+        _say(f"{verb} {len(args.event_id)} events; {count} rows behind them back in line")
+    return 0
 
 
 # --- replay ---------------------------------------------------------------------------
@@ -193,20 +280,20 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     ranges = ", ".join(f"{p['partition']}:{p['start']}-{p['end']}" for p in outcome.span.to_json())
     t = outcome.tally
-    print(f"one-off replay of {outcome.topic} (partition:from-to {ranges or 'none'})")
+    _say(f"one-off replay of {outcome.topic} (partition:from-to {ranges or 'none'})")
     if outcome.dry_run:
-        print(
+        _say(
             f"dry run, {t.records} records: {t.already_done} already done, {t.pending} not "
             f"applied yet, {t.invalid} malformed; nothing was applied or sent"
         )
     else:
-        print(
+        _say(
             f"{t.records} records: {t.reapplied} re-applied, {t.already_done} already done, "
             f"{t.rejected} rejected, {t.invalid} malformed (skipped: already in the DLQ), "
             f"{t.failed} failed (dead-lettered)"
         )
     if outcome.left_to_service:
-        print(
+        _say(
             f"{outcome.left_to_service} later records are not consumed by the service yet; "
             "it applies them itself, in order"
         )
@@ -217,19 +304,19 @@ def _print_reset(args: argparse.Namespace, outcome: replay.ResetOutcome) -> None
     if args.json:
         _emit(outcome.to_json())
         return
-    print(f"consumer group {outcome.group} on {outcome.topic}:")
+    _say(f"consumer group {outcome.group} on {outcome.topic}:")
     for p in outcome.partitions:
         if p.replayed:
-            print(f"  partition {p.partition}: {p.committed} -> {p.target} ({p.replayed} again)")
+            _say(f"  partition {p.partition}: {p.committed} -> {p.target} ({p.replayed} again)")
         else:
             committed = "nothing committed" if p.committed is None else p.committed
-            print(f"  partition {p.partition}: {committed}, unchanged")
+            _say(f"  partition {p.partition}: {committed}, unchanged")
     verb = "would re-consume" if outcome.dry_run else "will re-consume"
-    print(f"the service {verb} {outcome.replayed} commands")
+    _say(f"the service {verb} {outcome.replayed} commands")
     if outcome.dry_run:
-        print("dry run: no offsets were moved")
+        _say("dry run: no offsets were moved")
         if outcome.members:
-            print(
+            _say(
                 f"note: the group has {len(outcome.members)} active member(s) "
                 f"({', '.join(outcome.members)}); a reset is refused until it is empty"
             )
@@ -297,9 +384,9 @@ async def _republish(args: argparse.Namespace, settings: Settings) -> int:
     types = ", ".join(f"{name}: {count}" for name, count in outcome.by_type.items())
     span = f", occurred {_at(outcome.first)} to {_at(outcome.last)}" if outcome.matched else ""
     if outcome.dry_run:
-        print(f"dry run: {outcome.matched} events would go to {outcome.topic} ({types}){span}")
+        _say(f"dry run: {outcome.matched} events would go to {outcome.topic} ({types}){span}")
     else:
-        print(f"re-published {outcome.published} events to {outcome.topic} ({types}){span}")
+        _say(f"re-published {outcome.published} events to {outcome.topic} ({types}){span}")
     return 0
 
 
@@ -350,12 +437,12 @@ async def _rebuild_state(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _emit(outcome.to_json())
     elif outcome.dry_run:
-        print(
+        _say(
             f"dry run: {outcome.live} live groups and {outcome.tombstones} tombstones "
             f"would go to {outcome.topic}"
         )
     else:
-        print(
+        _say(
             f"published {outcome.live} live groups and {outcome.tombstones} tombstones to "
             f"{outcome.topic}; {outcome.caught_up} published again after changing meanwhile"
         )
@@ -421,9 +508,9 @@ async def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _emit({k: v for k, v in report.to_json().items() if k not in ("sent", "dry_run")})
         return 0
-    print(f"{report.matched} dead letters in {report.topic}")
+    _say(f"{report.matched} dead letters in {report.topic}")
     for reason, count in report.reasons.most_common():
-        print(f"  {reason}: {count}")
+        _say(f"  {reason}: {count}")
     _print_sample(report)
     return 0
 
@@ -443,12 +530,12 @@ async def _dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
     reasons = ", ".join(f"{r}: {n}" for r, n in report.reasons.most_common())
     reasons = f" ({reasons})" if reasons else ""
     if report.dry_run:
-        print(f"dry run: {report.matched} dead letters would be sent back{reasons}")
+        _say(f"dry run: {report.matched} dead letters would be sent back{reasons}")
     else:
-        print(f"sent {report.sent} dead letters back to {settings.topic_commands}{reasons}")
+        _say(f"sent {report.sent} dead letters back to {settings.topic_commands}{reasons}")
     if report.still_malformed:
         skipped = ", ".join(f"{r}: {n}" for r, n in report.still_malformed.items())
-        print(f"skipped {report.still_malformed.total()} still malformed ({skipped})")
+        _say(f"skipped {report.still_malformed.total()} still malformed ({skipped})")
     _print_sample(report)
     return 0
 
@@ -456,9 +543,9 @@ async def _dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
 def _print_sample(report: dlq.DeadLetterReport) -> None:
     if not report.sample:
         return
-    print("latest:")
+    _say("latest:")
     for item in report.sample:
-        print(
+        _say(
             f"  {item['partition']}:{item['offset']} {item['time']} {item['reason']}: "
             f"{item['error']} (from {item['source']}) key={item['key']} value={item['value']}"
         )
@@ -531,21 +618,21 @@ async def _send_and_print(
     if args.json:
         _emit(outcome.to_json())
     elif outcome.dry_run:
-        print("dry run, not sent:")
-        print(json.dumps(command, indent=2))
+        _say("dry run, not sent:")
+        _say_json(command)
     elif outcome.result is None:
-        print(
+        _say(
             f"no result for command {command['command_id']} within {args.timeout:g}s; "
             "is the service running? (see `customer-groups tail results`)",
-            file=sys.stderr,
+            err=True,
         )
     else:
         result = outcome.result
         summary = f"{result.get('status')} {result.get('code')}"
         if result.get("error"):
             summary += f": {result['error']}"
-        print(f"{summary} (command {command['command_id']})")
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        _say(f"{summary} (command {command['command_id']})")
+        _say_json(result)
     return outcome.exit_code
 
 
@@ -582,7 +669,7 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             _emit(tail.as_json(record))
         else:
-            print(tail.render(args.topic, record), flush=True)
+            _say(tail.render(args.topic, record))
 
     # Ctrl-C ends the loop between polls, so the consumer closes cleanly. Signal handlers
     # can only be set from the main thread (not so when main() runs in a test's thread).

@@ -242,7 +242,11 @@ async def replay_oneoff(
                 kafka = await stack.enter_async_context(producer(settings))
                 publisher = _TallyingPublisher(kafka, settings, tally, known)
                 applier = CommandConsumer(
-                    CommandStore(pool), publisher, Metrics(), settings.command_max_bytes
+                    CommandStore(pool),
+                    publisher,
+                    Metrics(),
+                    settings.command_max_bytes,
+                    own_topics=frozenset(settings.topics),
                 )
             with progress.task("replaying commands", span.total) as step:
                 async for records in read_span(consumer, span, settings.command_batch_max):

@@ -36,7 +36,7 @@ async def test_liveness_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     ready = await client.get("/health/ready")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready"}
+    assert ready.json() == {"status": "ready", "details": {"outbox_parked": 0}}
 
 
 async def test_readiness_follows_postgres(settings: Settings, pool: asyncpg.Pool) -> None:
@@ -66,7 +66,7 @@ async def test_readiness_follows_postgres(settings: Settings, pool: asyncpg.Pool
 
             await proxy.start()
             up = await wait_for_status(client, "/health/ready", 200)
-            assert up.json() == {"status": "ready"}
+            assert up.json()["status"] == "ready"
             # The pool reconnected: the API reads again.
             assert (await client.get(GROUPS, headers=ORG_A)).status_code == 200
     finally:

@@ -76,6 +76,12 @@ async def test_invalid_bodies_are_422_and_nothing_is_sent(
             b'{"name": "a", "description": "' + b"d" * 501 + b'"}': (
                 "Description must be at most 500 characters"
             ),
+            b'{"name": "\\ud800"}': (
+                "name: Input should be valid Unicode text, without lone surrogates"
+            ),
+            b'{"name": "a", "platform_id": "x\\udfff"}': (
+                "platform_id: Input should be valid Unicode text, without lone surrogates"
+            ),
         }
         for body, details in bad.items():
             response = await client.post(

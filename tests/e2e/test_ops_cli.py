@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from service.bootstrap import Container
 from service.config import Settings
 from service.entrypoints.cli import main
 from service.ops.common import parse_partition_offset, parse_time
+from tests.e2e.test_hostile_input import insert_poison
 from tests.support import KafkaProbe, command, headers_of
 
 Cli = Callable[..., Awaitable[tuple[int, str]]]
@@ -221,3 +223,95 @@ def test_time_and_offset_arguments() -> None:
     assert parse_partition_offset("3:1500") == (3, 1500)
     with pytest.raises(ValueError, match="PARTITION:OFFSET"):
         parse_partition_offset("3")
+
+
+# An OSC that retitles the terminal, a clear screen, a CSI in its one-byte C1 form, a
+# right-to-left override, and a newline that would forge a line of output.
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x9b31m\u202etxt.exe\x7f\n  0:0 forged"
+
+
+def terminal_controls(output: str) -> list[str]:
+    return [
+        c
+        for c in output.replace("\n", "")
+        if unicodedata.category(c) == "Cc" or unicodedata.bidirectional(c) == "RLO"
+    ]
+
+
+async def test_a_hostile_dead_letter_prints_no_terminal_controls(
+    kafka: KafkaProbe, cli: Cli, settings: Settings
+) -> None:
+    hostile = HOSTILE.encode()
+    await kafka.producer.send_and_wait(
+        settings.topic_dlq,
+        b'{"name": "' + hostile + b'"}',
+        key=hostile,
+        headers=[
+            ("dlq_reason", hostile),
+            ("dlq_error", hostile),
+            ("dlq_source_topic", hostile),
+            ("dlq_source_partition", b"0"),
+            ("dlq_source_offset", b"7"),
+        ],
+    )
+    await kafka.wait_for(settings.topic_dlq, lambda r: len(r) == 1)
+
+    code, listed = await cli("dlq", "list")
+    assert code == 0
+    assert terminal_controls(listed) == []
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\u202etxt.exe\\x7f\\n  0:0 forged" in listed
+    assert not any(line.startswith("  0:0 forged") for line in listed.splitlines())
+
+    code, followed = await cli("tail", "dlq", "--from-beginning", "--timeout", "0.5")
+    assert code == 0
+    assert terminal_controls(followed) == []
+    assert len(followed.splitlines()) == 1
+
+    code, listed_json = await cli("dlq", "list", "--json")
+    assert code == 0
+    assert terminal_controls(listed_json) == []
+    [item] = one(listed_json)["sample"]
+    assert (item["key"], item["reason"], item["error"]) == (HOSTILE, HOSTILE, HOSTILE)
+
+    code, followed_json = await cli("tail", "dlq", "--from-beginning", "--timeout", "0.5", "--json")
+    assert code == 0
+    assert terminal_controls(followed_json) == []
+    assert one(followed_json)["headers"]["dlq_error"] == HOSTILE
+
+
+async def test_outbox_parked_lists_what_the_relay_set_aside_and_release_lets_its_group_go_on(
+    pool: asyncpg.Pool, service: Container, kafka: KafkaProbe, cli: Cli
+) -> None:
+    await insert_poison(pool)
+    await wait_parked(pool, 2)
+
+    code, out = await cli("outbox", "parked", "--json")
+    rows = one(out)["parked"]
+    assert code == 0
+    assert [(r["group_id"], r["group_version"]) for r in rows] == [
+        ("grp_poison", 1),
+        ("grp_poison", 2),
+    ]
+    assert "larger than" in rows[0]["reason"]
+    assert "waits behind" in rows[1]["reason"]
+
+    code, out = await cli("outbox", "release", "--event-id", rows[0]["event_id"], "--json")
+    assert (code, one(out)["requeued"]) == (0, 1)
+    [event] = await kafka.wait_for(
+        service.settings.topic_events, lambda rs: any(r.key == b"grp_poison" for r in rs)
+    )
+    assert headers_of(event)["ce_groupversion"] == "2"
+    code, out = await cli("outbox", "parked", "--json")
+    assert one(out)["parked"] == []
+
+    code, out = await cli("outbox", "release", "--event-id", rows[0]["event_id"])
+    assert code == 1
+
+
+async def wait_parked(pool: asyncpg.Pool, count: int) -> None:
+    async with asyncio.timeout(30):
+        while await pool.fetchval(PARKED) != count:
+            await asyncio.sleep(0.05)
+
+
+PARKED = "SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL AND published_at IS NULL"

@@ -73,7 +73,8 @@ async def all_consumed(settings: Settings) -> None:
     finally:
         await probe.stop()
     for _ in range(150):
-        if await committed(settings) == ends:
+        # An empty partition has 0 committed too: where the service chose to start.
+        if {p: at for p, at in (await committed(settings)).items() if at} == ends:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"the service did not commit up to {ends}")

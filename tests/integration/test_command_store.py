@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from service.adapters import locks
 from service.adapters.command_store import (
     LOAD_BATCH,
     NAME_INDEX,
@@ -20,9 +21,9 @@ from service.adapters.command_store import (
     PostgresBatch,
     group_from_row,
 )
-from service.adapters.db import create_pool
+from service.adapters.db import Connection, create_pool
 from service.config import Settings
-from service.domain.model import group_json
+from service.domain.model import group_json, name_key
 from service.domain.ports import AnyCommand
 from service.domain.results import CommandResult
 from service.handlers import Incoming, apply_commands
@@ -42,9 +43,16 @@ SELECT jsonb_build_object(
 """
 
 INSERT_GROUP = """
-INSERT INTO customer_groups (id, organization_id, name, version, created_at, updated_at)
-VALUES ($1, $2, $3, 1, now(), now())
+INSERT INTO customer_groups (id, organization_id, name, name_key, version, created_at,
+                             updated_at)
+VALUES ($1, $2, $3, $4, 1, now(), now())
 """
+
+
+async def insert_group(
+    conn: asyncpg.Pool | Connection, group_id: str, organization_id: str, name: str
+) -> None:
+    await conn.execute(INSERT_GROUP, group_id, organization_id, name, name_key(name))
 
 
 async def apply(store: Any, *commands: AnyCommand) -> list[CommandResult]:
@@ -202,19 +210,42 @@ async def test_names_conflict_whatever_their_case_and_surrounding_blanks(
     assert await counts(pool) == (3, 3, 5)
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("ΟΔΟΣ", "οδος"),
+        ("οδος", "ΟΔΟΣ"),
+        ("Straße", "STRASSE"),
+        ("İ", "i\u0307"),
+        ("Caf\u00e9", "CAFE\u0301"),
+    ],
+)
+async def test_names_conflict_alike_in_one_batch_and_in_two(
+    pool: asyncpg.Pool, store: CommandStore, first: str, second: str
+) -> None:
+    """The in-batch check and the index must agree, or a replay that batches commands
+    differently from the first run reaches another outcome."""
+    assert await codes(store, create(first), create(second)) == [201, 409]
+    assert await codes(store, create(first, OTHER_ORG)) == [201]
+    [result] = await apply(store, create(second, OTHER_ORG))
+    assert (result.code, result.details) == (409, {"name": second})
+    assert await counts(pool) == (2, 2, 4)
+
+
 async def test_a_batch_holds_the_locks_other_writers_take(
     pool: asyncpg.Pool, store: CommandStore
 ) -> None:
     """The batch writes its organization ids into its first statement as literals; they must
-    still name each organization's lock (hashtextextended(id, 7)), or another writer would
-    not wait for the batch. An id with a quote checks the quoting."""
+    still name each organization's lock (locks.ORGANIZATIONS, hashtext(id)), or another
+    writer would not wait for the batch. An id with a quote checks the quoting."""
     odd = create("Gold").model_copy(update={"organization_id": "o'brien"})
 
     async def free() -> list[bool]:
         rows = await pool.fetch(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended(o, 7)) AS free"
+            "SELECT pg_try_advisory_xact_lock($2, hashtext(o)) AS free"
             " FROM unnest($1::text[]) AS o",
             [ORG, "o'brien"],
+            locks.ORGANIZATIONS,
         )
         return [r["free"] for r in rows]
 
@@ -277,12 +308,12 @@ async def test_the_unique_index_decides_between_two_concurrent_inserts(
     async with pool.acquire() as first, pool.acquire() as second:
         first_tx = first.transaction()
         await first_tx.start()
-        await first.execute(INSERT_GROUP, "grp_a", ORG, "VIP")
+        await insert_group(first, "grp_a", ORG, "VIP")
         second_pid = second.get_server_pid()
 
         async def insert_second() -> None:
             async with second.transaction():
-                await second.execute(INSERT_GROUP, "grp_b", ORG, "vip")
+                await insert_group(second, "grp_b", ORG, "vip")
 
         racing = asyncio.create_task(insert_second())
         # The second insert waits on the first transaction's uncommitted index entry.
@@ -303,12 +334,12 @@ async def test_the_unique_index_decides_between_two_concurrent_inserts(
 
 
 async def test_the_index_ignores_deleted_rows_and_other_organizations(pool: asyncpg.Pool) -> None:
-    await pool.execute(INSERT_GROUP, "grp_a", ORG, "VIP")
+    await insert_group(pool, "grp_a", ORG, "VIP")
     await pool.execute("UPDATE customer_groups SET deleted_at = now() WHERE id = 'grp_a'")
-    await pool.execute(INSERT_GROUP, "grp_b", ORG, "vip")
-    await pool.execute(INSERT_GROUP, "grp_c", OTHER_ORG, "VIP")
+    await insert_group(pool, "grp_b", ORG, "vip")
+    await insert_group(pool, "grp_c", OTHER_ORG, "VIP")
     with pytest.raises(asyncpg.UniqueViolationError):
-        await pool.execute(INSERT_GROUP, "grp_d", ORG, "Vip")
+        await insert_group(pool, "grp_d", ORG, "Vip")
     with pytest.raises(asyncpg.UniqueViolationError):
         await pool.execute("UPDATE customer_groups SET deleted_at = NULL WHERE id = 'grp_a'")
 
@@ -332,7 +363,7 @@ class Interfering:
         async with self._store.batch(commands) as batch:
             self.batches += 1
             if self._row is not None:
-                await self._pool.execute(INSERT_GROUP, *self._row)
+                await insert_group(self._pool, *self._row)
                 self._row = None
             yield batch
 

@@ -8,13 +8,14 @@ import pytest
 
 from service.adapters import queries
 from service.adapters.queries import Cursor, Filters, Position, decode_cursor, encode_cursor
+from service.domain.model import name_key
 
 T0 = datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
 
 INSERT = """
-INSERT INTO customer_groups (id, organization_id, name, description, platform_id, version,
-                             created_at, updated_at, deleted_at)
-VALUES ($1, $2, $3, NULL, NULL, 1, $4, $4, $5)
+INSERT INTO customer_groups (id, organization_id, name, name_key, description, platform_id,
+                             version, created_at, updated_at, deleted_at)
+VALUES ($1, $2, $3, $4, NULL, NULL, 1, $5, $5, $6)
 """
 
 
@@ -25,7 +26,8 @@ async def add(
     org: str = "org_a",
     deleted: bool = False,
 ) -> None:
-    await pool.execute(INSERT, group_id, org, group_id, updated_at, updated_at if deleted else None)
+    deleted_at = updated_at if deleted else None
+    await pool.execute(INSERT, group_id, org, group_id, name_key(group_id), updated_at, deleted_at)
 
 
 async def all_by_cursor(pool: asyncpg.Pool, org: str, limit: int) -> list[str]:

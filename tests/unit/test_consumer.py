@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -340,7 +341,7 @@ async def test_results_lost_on_the_way_out_are_sent_again_without_a_second_effec
     assert publisher.codes() == {"c1": 201}
 
 
-async def test_a_result_kafka_refuses_as_too_large_is_dead_lettered_not_retried_forever() -> None:
+async def test_a_result_kafka_refuses_as_too_large_is_replaced_not_retried_forever() -> None:
     assert not is_transient(MessageSizeTooLargeError("too big"))
     assert is_transient(KafkaConnectionError("gone"))
     assert is_transient(ConnectionRefusedError())
@@ -349,8 +350,10 @@ async def test_a_result_kafka_refuses_as_too_large_is_dead_lettered_not_retried_
 
     await consumer(store, publisher).handle_records([record(0, create("c1", "A"))])
 
-    assert publisher.replies == []
-    assert [(d.record.offset, d.reason) for d in publisher.dead] == [(0, "processing_failed")]
+    assert [(r.result.code, r.result.error) for r in publisher.replies] == [
+        (201, "Result not sendable")
+    ]
+    assert publisher.dead == []
     assert len(store.groups) == 1
 
 
@@ -408,21 +411,66 @@ async def test_the_pipeline_waits_for_kafka_when_depth_batches_are_unacknowledge
     assert store.commits == 2
 
 
-async def test_after_a_batch_fails_beyond_isolation_nothing_later_is_committed() -> None:
+async def test_a_result_kafka_refuses_for_good_is_replaced_by_a_stand_in_and_the_line_goes_on() -> (
+    None
+):
     store = FakeCommandStore()
-    publisher = FakePublisher(failures=[RuntimeError("unforeseen")] * 3)
+    publisher = FakePublisher(failures=[MessageSizeTooLargeError()])
     committed: list[dict[TopicPartition, int]] = []
 
     async def commit(offsets: dict[TopicPartition, int]) -> None:
         committed.append(offsets)
 
     pipeline = Pipeline(consumer(store, publisher))
+    await pipeline.feed([record(0, create("c1", "A"), [("correlation_id", b"x")])], commit)
+    await pipeline.feed([record(1, create("c2", "B"))], commit)
+    await pipeline.drain(1)
+    [stand_in, normal] = publisher.replies
+    assert stand_in.result.command_id == "c1"
+    assert (stand_in.result.status, stand_in.result.code) == ("accepted", 201)
+    assert stand_in.result.error == "Result not sendable"
+    assert (stand_in.result.group, stand_in.correlation_id) == (None, None)
+    assert normal.result.group is not None
+    assert [list(c.values()) for c in committed] == [[1], [2]]
+    assert not pipeline.health.problems
+
+
+async def test_when_even_the_stand_ins_are_refused_the_line_goes_on_without_them() -> None:
+    publisher = FakePublisher(failures=[RuntimeError("unforeseen")] * 3)
+    committed: list[dict[TopicPartition, int]] = []
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        committed.append(offsets)
+
+    pipeline = Pipeline(consumer(FakeCommandStore(), publisher))
+    await pipeline.feed([record(0, create("c1", "A"))], commit)
+    await pipeline.feed([record(1, create("c2", "B"))], commit)
+    await pipeline.drain(1)
+    assert [r.result.command_id for r in publisher.replies] == ["c2"]
+    assert [list(c.values()) for c in committed] == [[1], [2]]
+
+
+async def test_a_pipeline_that_cannot_go_on_commits_nothing_later_and_asks_to_stop() -> None:
+    stopped: list[BaseException] = []
+    committed: list[dict[TopicPartition, int]] = []
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        committed.append(offsets)
+
+    subject = consumer(FakeCommandStore(), FakePublisher())
+
+    async def broken(records: Sequence[Any]) -> Any:
+        raise LaneStopped("an earlier batch in this lane did not finish")
+
+    subject.apply_records = broken  # type: ignore[method-assign]
+    pipeline = Pipeline(subject, on_stopped=stopped.append)
     await pipeline.feed([record(0, create("c1", "A"))], commit)
     await asyncio.sleep(0.05)
     with pytest.raises(RuntimeError, match="pipeline stopped"):
         await pipeline.feed([record(1, create("c2", "B"))], commit)
     await pipeline.drain(1)
     assert committed == []
+    assert [type(e) for e in stopped] == [LaneStopped]
     assert "pipeline" in pipeline.health.problems
 
 
@@ -440,3 +488,31 @@ async def test_drain_stops_what_is_still_in_flight_when_its_time_is_up() -> None
     await pipeline.drain(0.1)
     assert in_flight
     assert all(task.done() for task in in_flight)
+
+
+async def test_a_command_keyed_other_than_by_its_organization_is_applied_and_counted() -> None:
+    publisher = FakePublisher()
+    metrics = Metrics()
+    subject = CommandConsumer(FakeCommandStore(), publisher, metrics, MAX)  # type: ignore[arg-type]
+    misrouted = dataclasses.replace(record(1, create("c2", "B", "org_b")), key=b"org_a")
+    await subject.handle_records([record(0, create("c1", "A")), misrouted])
+    assert publisher.codes() == {"c1": 201, "c2": 201}
+    assert metrics.registry.get_sample_value("customer_groups_misrouted_commands_total") == 1
+
+
+async def test_headers_that_break_their_rule_are_left_out_and_counted() -> None:
+    publisher = FakePublisher()
+    metrics = Metrics()
+    own = frozenset({"events"})
+    subject = CommandConsumer(FakeCommandStore(), publisher, metrics, MAX, own_topics=own)  # type: ignore[arg-type]
+    headers = [("reply_to", b"events"), ("correlation_id", b"c" * 257), ("reply_to", b"ok")]
+    await subject.handle_records([record(0, create("c1", "A"), headers)])
+    [reply] = publisher.replies
+    assert (reply.reply_to, reply.correlation_id) == (None, None)
+    refused = {
+        (h, r): metrics.registry.get_sample_value(
+            "customer_groups_headers_refused_total", {"header": h, "reason": r}
+        )
+        for h, r in [("reply_to", "service_topic"), ("correlation_id", "too_long")]
+    }
+    assert refused == {("reply_to", "service_topic"): 1, ("correlation_id", "too_long"): 1}

@@ -1,7 +1,9 @@
-"""docker-compose.yml cannot run here (no Docker engine); check that it says what it must."""
+"""What the deploy files and docs say. docker-compose.yml cannot run here (no Docker engine):
+check that it says what it must. The docs: every setting has a row, every link a file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +50,11 @@ def test_compose_postgres_credentials_match_the_service_url() -> None:
     assert url == expected
 
 
-def test_every_setting_is_documented_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_every_setting_is_documented_in_docs_configuration() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text()
     table = {
         name.strip("`")
-        for line in readme.splitlines()
+        for line in page.splitlines()
         if line.startswith("| `")
         for name in line.split("|")[1].replace("/", " ").split()
     }
@@ -60,3 +62,11 @@ def test_every_setting_is_documented_in_the_readme() -> None:
         variable = field.upper()
         short = variable.removeprefix("TOPIC_PARTITIONS_")
         assert variable in table or f"_{short}" in table, variable
+
+
+def test_every_file_the_readme_links_to_exists() -> None:
+    readme = (ROOT / "README.md").read_text()
+    targets = set(re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme))
+    assert "docs/configuration.md" in targets
+    for target in targets:
+        assert (ROOT / target).exists(), target

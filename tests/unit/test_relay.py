@@ -4,60 +4,69 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import types
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
-from service import relay as relay_module
-from service.adapters.outbox_store import OutboxRow
+from service.adapters.outbox_store import OutboxRow, Term
 from service.config import Settings
 from service.observability import Health, Metrics
-from service.relay import OutboxRelay, PollPacing
+from service.relay import WAITS_BEHIND, OutboxRelay, PollPacing
 
 
-def row(id_: int) -> OutboxRow:
+def row(id_: int, group: str | None = None) -> OutboxRow:
     return OutboxRow(
-        id_, f"e{id_}", "group.created", "org_a", f"grp_{id_}", 1, f"c{id_}", None, "{}",
-        datetime.now(UTC),
+        id_, f"e{id_}", "group.created", "org_a", group or f"grp_{id_}", 1, f"c{id_}", None,
+        "{}", datetime.now(UTC),
     )  # fmt: skip
 
 
 class FakeOutbox:
-    """The outbox table: rows waiting, the relay's reads of them counted."""
+    """The outbox table and its leader session: rows waiting, the relay's reads counted."""
 
-    RELAY_LOCK = 1
-
-    def __init__(self) -> None:
+    def __init__(self, *, predecessor_released: bool = True) -> None:
         self.waiting: list[OutboxRow] = []
+        self.parked: dict[int, str] = {}
         self.reads = 0
+        self.handed_over: list[bool] = []
+        self._released = predecessor_released
 
-    async def try_lead(self, conn: Any) -> bool:
-        return True
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[FakeOutbox]:
+        yield self
 
-    async def unpublished(self, conn: Any, limit: int) -> list[OutboxRow]:
+    async def try_lead(self) -> Term:
+        return Term(1, self._released)
+
+    async def hand_over(self, *, clean: bool) -> None:
+        self.handed_over.append(clean)
+
+    async def alive(self) -> None:
+        return None
+
+    async def unpublished(self, limit: int) -> list[OutboxRow]:
         self.reads += 1
-        return self.waiting[:limit]
+        return [r for r in self.waiting if r.id not in self.parked][:limit]
 
-    async def mark_published(self, conn: Any, ids: Sequence[int]) -> None:
+    async def mark_published(self, ids: Sequence[int]) -> None:
         self.waiting = [r for r in self.waiting if r.id not in set(ids)]
 
+    async def parked_groups(self) -> set[str]:
+        return {r.group_id for r in self.waiting if r.id in self.parked}
 
-class FakePool:
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Any]:
-        yield types.SimpleNamespace(execute=self._execute)
-
-    async def _execute(self, *args: Any) -> None:
-        return None
+    async def park(self, reasons: Sequence[tuple[int, str]]) -> None:
+        self.parked.update(reasons)
 
 
 class FakePublisher:
-    def __init__(self) -> None:
+    def __init__(self, refused: Sequence[int] = ()) -> None:
         self.published: list[OutboxRow] = []
+        self._refused = set(refused)
         self._arrived = asyncio.Event()
+
+    def refusal(self, row: OutboxRow) -> str | None:
+        return "too large" if row.id in self._refused else None
 
     async def publish(self, rows: Sequence[OutboxRow]) -> None:
         self.published.extend(rows)
@@ -70,23 +79,24 @@ class FakePublisher:
                 await self._arrived.wait()
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 5) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
 def start_relay(
     outbox: FakeOutbox,
-    monkeypatch: pytest.MonkeyPatch,
     poll_max_s: float | None = 0.2,
     *,
     woken_by_commits: bool = True,
+    publisher: FakePublisher | None = None,
+    settings: Settings | None = None,
 ) -> tuple[OutboxRelay, FakePublisher, asyncio.Task[None]]:
-    monkeypatch.setattr(relay_module, "outbox_store", outbox)
-    settings = Settings(relay_poll_min_s=0.005, relay_poll_max_s=poll_max_s)
-    publisher = FakePublisher()
+    settings = settings or Settings(relay_poll_min_s=0.005, relay_poll_max_s=poll_max_s)
+    publisher = publisher or FakePublisher()
     relay = OutboxRelay(
-        FakePool(),  # type: ignore[arg-type]
-        publisher,  # type: ignore[arg-type]
-        settings,
-        Metrics(),
-        Health(),
-        woken_by_commits=woken_by_commits,
+        outbox, publisher, settings, Metrics(), Health(), woken_by_commits=woken_by_commits
     )
     return relay, publisher, asyncio.create_task(relay.run())
 
@@ -94,13 +104,13 @@ def start_relay(
 @contextlib.asynccontextmanager
 async def relay_on(
     outbox: FakeOutbox,
-    monkeypatch: pytest.MonkeyPatch,
     poll_max_s: float | None = 0.2,
     *,
     woken_by_commits: bool = True,
+    publisher: FakePublisher | None = None,
 ) -> AsyncIterator[tuple[OutboxRelay, FakePublisher]]:
     relay, publisher, task = start_relay(
-        outbox, monkeypatch, poll_max_s, woken_by_commits=woken_by_commits
+        outbox, poll_max_s, woken_by_commits=woken_by_commits, publisher=publisher
     )
     try:
         yield relay, publisher
@@ -118,13 +128,11 @@ def test_pacing_shortens_on_rows_a_poll_finds_and_doubles_on_empty_polls() -> No
     assert waits == [0.01, 0.02, 0.02, 0.02, 0.005, 0.01]
 
 
-async def test_commits_here_are_read_once_each_with_no_empty_polls_between(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_commits_here_are_read_once_each_with_no_empty_polls_between() -> None:
     """The consumer's wake-ups come every 30 ms; polls 5 ms after each read would add
     several empty reads per commit."""
     outbox = FakeOutbox()
-    async with relay_on(outbox, monkeypatch) as (relay, publisher):
+    async with relay_on(outbox) as (relay, publisher):
         await asyncio.sleep(0.5)  # idle: the polls back off
         before = outbox.reads
         for id_ in range(1, 21):
@@ -136,13 +144,11 @@ async def test_commits_here_are_read_once_each_with_no_empty_polls_between(
     assert 20 <= reads <= 24
 
 
-async def test_rows_no_wakeup_announced_keep_the_polls_fast(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_rows_no_wakeup_announced_keep_the_polls_fast() -> None:
     """Another process's commits are only found by polling; once a poll finds some, the
     next polls come at the shortest interval (5 ms) rather than the idle one (over 1 s)."""
     outbox = FakeOutbox()
-    async with relay_on(outbox, monkeypatch, poll_max_s=2.0) as (_, publisher):
+    async with relay_on(outbox, poll_max_s=2.0) as (_, publisher):
         await asyncio.sleep(1.5)
         outbox.waiting.append(row(1))
         await publisher.wait_for(1, timeout_s=5)
@@ -152,13 +158,11 @@ async def test_rows_no_wakeup_announced_keep_the_polls_fast(
     assert [r.id for r in publisher.published] == [1, 2]
 
 
-async def test_a_wakeup_in_the_same_moment_as_its_cancellation_still_stops_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_wakeup_in_the_same_moment_as_its_cancellation_still_stops_it() -> None:
     """The consumer's last commit wakes the relay while shutdown cancels it. Python 3.11's
     `asyncio.wait_for` then returns the wake-up and drops the cancellation: the relay kept
     publishing, and holding the leader's lock, after its service had stopped."""
-    relay, _, task = start_relay(FakeOutbox(), monkeypatch)
+    relay, _, task = start_relay(FakeOutbox())
     await asyncio.sleep(0.05)  # idle, waiting for a wake-up
     relay.wakeup.set()
     task.cancel()
@@ -168,11 +172,77 @@ async def test_a_wakeup_in_the_same_moment_as_its_cancellation_still_stops_it(
 
 @pytest.mark.parametrize(("woken_by_commits", "fewest", "most"), [(False, 20, 60), (True, 3, 9)])
 async def test_unset_poll_max_is_short_only_where_no_commit_can_wake_the_relay(
-    monkeypatch: pytest.MonkeyPatch, woken_by_commits: bool, fewest: int, most: int
+    woken_by_commits: bool, fewest: int, most: int
 ) -> None:
     outbox = FakeOutbox()
-    async with relay_on(outbox, monkeypatch, None, woken_by_commits=woken_by_commits):
+    async with relay_on(outbox, None, woken_by_commits=woken_by_commits):
         await asyncio.sleep(0.5)
     # Empty polls back off from 5 ms: to 10 ms alone (about 48 in 0.5 s), to 200 ms beside
     # a consumer (7).
     assert fewest <= outbox.reads <= most
+
+
+async def test_a_row_kafka_cannot_take_is_parked_with_its_group_behind_it_and_others_go_on() -> (
+    None
+):
+    outbox = FakeOutbox()
+    outbox.waiting = [row(1, "grp_a"), row(2, "grp_b"), row(3, "grp_a"), row(4, "grp_c")]
+    publisher = FakePublisher(refused=[1])
+    async with relay_on(outbox, publisher=publisher) as (relay, _):
+        await publisher.wait_for(2, timeout_s=5)
+        outbox.waiting.append(row(5, "grp_a"))
+        outbox.waiting.append(row(6, "grp_d"))
+        relay.wakeup.set()
+        await until(lambda: len(outbox.parked) == 3)
+    assert [r.id for r in publisher.published] == [2, 4, 6]
+    assert outbox.parked == {1: "too large", 3: WAITS_BEHIND, 5: WAITS_BEHIND}
+
+
+async def test_once_an_operator_releases_a_parked_row_its_group_goes_on_in_order() -> None:
+    outbox = FakeOutbox()
+    outbox.waiting = [row(1, "grp_a"), row(2, "grp_a"), row(3, "grp_b")]
+    publisher = FakePublisher(refused=[1])
+    async with relay_on(outbox, publisher=publisher) as (relay, _):
+        await until(lambda: len(outbox.parked) == 2)
+        assert set(outbox.parked) == {1, 2}
+        # What `customer-groups outbox release` does: the row is done, the rest back in line.
+        outbox.waiting = [r for r in outbox.waiting if r.id != 1]
+        outbox.parked.clear()
+        outbox.waiting.append(row(4, "grp_c"))
+        relay.wakeup.set()
+        await publisher.wait_for(3, timeout_s=5)
+    assert [r.id for r in publisher.published] == [3, 2, 4]
+
+
+async def test_after_a_leader_that_did_not_hand_over_the_next_waits_out_its_deliveries() -> None:
+    outbox = FakeOutbox(predecessor_released=False)
+    outbox.waiting = [row(1)]
+    settings = Settings(relay_poll_min_s=0.005, relay_poll_max_s=0.05, relay_delivery_timeout_s=1)
+    _relay, publisher, task = start_relay(outbox, settings=settings)
+    try:
+        await asyncio.sleep(0.5)
+        assert publisher.published == []
+        await until(lambda: not outbox.waiting)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert outbox.handed_over == [True]
+
+
+async def test_a_leader_stopped_with_events_on_their_way_does_not_claim_a_clean_hand_over() -> None:
+    outbox = FakeOutbox()
+    outbox.waiting = [row(1)]
+    never = asyncio.Event()
+
+    class Stuck(FakePublisher):
+        async def publish(self, rows: Sequence[OutboxRow]) -> None:
+            self._arrived.set()
+            await never.wait()
+
+    publisher = Stuck()
+    _relay, _, task = start_relay(outbox, publisher=publisher)
+    async with asyncio.timeout(5):
+        await publisher._arrived.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert outbox.handed_over == [False]
