@@ -127,8 +127,8 @@ class Metrics:
         self.headers_refused.labels(refused.header, refused.reason).inc()
 
     def count_command(self, command_type: str, result: CommandResult) -> None:
-        # labels() validates and locks on every call: 3.6% of the consumer's CPU when it
-        # was called for each command; the handful of label sets are kept.
+        # labels() validates and locks on every call, a cost per command worth avoiding;
+        # the handful of label sets are kept (docs/benchmark.md).
         key = (command_type, result.status, result.code)
         if (counter := self._commands_by_label.get(key)) is None:
             counter = self.commands.labels(command_type, result.status, str(result.code))

@@ -13,7 +13,7 @@ from service.adapters import locks
 from service.adapters.db import Connection, Pool
 
 # In OutboxRow's field order. event_id comes as text: a UUID object only to print it
-# again would cost the relay a microsecond an event.
+# again would cost the relay time on every event.
 OUTBOX_COLUMNS = (
     "id, event_id::text AS event_id, event_type, organization_id, group_id, group_version,"
     " command_id, traceparent, payload::text AS payload, occurred_at"
@@ -75,7 +75,7 @@ OLDEST_EVENT = "SELECT min(occurred_at) FROM outbox"
 
 class OutboxRow(NamedTuple):
     """A tuple, made from a record in one step: a frozen dataclass's ten field assignments
-    took the relay 2 us an event."""
+    cost the relay time on every event."""
 
     id: int
     event_id: str

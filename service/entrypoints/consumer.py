@@ -521,9 +521,8 @@ def subscribe(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> An
         max_records=settings.command_batch_max,
         batch_timeout_ms=settings.command_batch_timeout_ms,
         # The broker holds a fetch until 64 KiB wait or this long has passed, so moderate
-        # rates make fewer, fuller fetches and batches. With fetches answered at the first
-        # record, at 1,000 commands/s, service, broker and PostgreSQL used 5% more CPU and
-        # the median latency was 23-26 ms (six runs) against 16-24 (five).
+        # rates make fewer, fuller fetches and batches, which cost less CPU and no latency
+        # (docs/benchmark.md).
         fetch_min_bytes=_FETCH_MIN_BYTES,
         fetch_max_wait_ms=settings.command_fetch_wait_ms,
         # At-least-once: the pipeline commits a batch's offsets only after its results
