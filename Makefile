@@ -6,13 +6,27 @@ PYTHON ?= python3
 VENV := .venv
 SERVICES := deploy/local/services.sh
 # Extra arguments, e.g.  make test PYTEST_ARGS='-x -k groups'   make bench BENCH_ARGS='--help'
+#                        make lock LOCK_ARGS='--upgrade-package ruff'   (or --upgrade: everything)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+LOCK_ARGS ?=
 
-.PHONY: help venv services services-stop services-status run test lint bench clean
+# The locks, written by `make lock` (pip-compile, for CPython 3.11 like deploy/Dockerfile):
+# every package pinned with its hashes, setuptools included to build the project itself.
+LOCK := requirements/dev.txt
+RUNTIME_LOCK := requirements/runtime.txt
+# pip-compile lives in its own venv, so that it never mixes with the project's packages.
+LOCK_TOOLS := $(VENV)/.lock-tools
+LOCK_TOOLS_PINS := pip==26.3 pip-tools==7.7.0
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_TOOLS)/bin/pip-compile --quiet \
+	--generate-hashes --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url \
+	--no-emit-find-links --no-emit-trusted-host
+
+.PHONY: help venv lock services services-stop services-status run test lint bench clean
 
 help:
-	@echo "make venv             create .venv and install the project with its dev extras"
+	@echo "make venv             create .venv: the locked packages (requirements/dev.txt), then the project"
+	@echo "make lock             refresh requirements/*.txt from pyproject.toml (LOCK_ARGS=--upgrade ...)"
 	@echo "make services         start local Kafka + PostgreSQL, write .local/env"
 	@echo "make services-stop    stop them"
 	@echo "make services-status  show their state"
@@ -24,13 +38,25 @@ help:
 
 venv: $(VENV)/.installed
 
-# Reinstall only when pyproject.toml is newer than the stamp.
-$(VENV)/.installed: pyproject.toml
+# Reinstall only when pyproject.toml or the lock is newer than the stamp. The locked packages go
+# in first, hash-checked; then the project alone, built with the locked setuptools.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "Python >= 3.11 required; '$(PYTHON)' is $$($(PYTHON) -V 2>&1)" >&2; exit 1; }
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q --require-hashes -r $(LOCK)
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
+
+# The dev lock first (keeping its current pins unless LOCK_ARGS says --upgrade...), then the
+# runtime lock for deploy/Dockerfile: the same versions, without the dev extras.
+lock:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+		|| { echo "the lock is for Python 3.11 (deploy/Dockerfile); '$(PYTHON)' is $$($(PYTHON) -V 2>&1)" >&2; exit 1; }
+	@test -x $(LOCK_TOOLS)/bin/python || $(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/pip install -q $(LOCK_TOOLS_PINS)
+	$(PIP_COMPILE) $(LOCK_ARGS) --extra dev --output-file $(LOCK) pyproject.toml
+	$(PIP_COMPILE) --upgrade --constraint $(LOCK) --output-file $(RUNTIME_LOCK) pyproject.toml
 
 services:
 	@bash $(SERVICES) start

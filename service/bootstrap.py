@@ -12,24 +12,24 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 
-from service.adapters.command_store import CommandStore
-from service.adapters.db import Pool, create_pool, migrate
-from service.adapters.kafka import (
-    CommandPublisher,
-    EventPublisher,
+from service.adapters.kafka.clients import (
     client_options,
     create_broker,
     create_producer,
     create_relay_producer,
-    ensure_topics,
 )
-from service.adapters.kafka_start import wait_for_topics
-from service.adapters.outbox_store import PostgresOutbox
-from service.adapters.reply_copies import ReplyCopies, create_copy_producer
+from service.adapters.kafka.events import EventPublisher
+from service.adapters.kafka.reply_copies import ReplyCopies, create_copy_producer
+from service.adapters.kafka.results import CommandPublisher
+from service.adapters.kafka.topics import ensure_topics, wait_for_topics
+from service.adapters.postgres.command_store import CommandStore
+from service.adapters.postgres.db import Pool, create_pool, migrate
+from service.adapters.postgres.outbox_store import PostgresOutbox
 from service.config import Settings
-from service.entrypoints import consumer as consumer_entrypoint
 from service.entrypoints.asyncapi import document_topics
+from service.entrypoints.consumer import subscribe
 from service.observability import Health, Metrics
+from service.pipeline import CommandConsumer, Pipeline
 from service.relay import OutboxRelay, Pruner
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ async def lifespan(
             anchor_topic=settings.topic_results,
         )
         container.copies = copies
-        consumer = consumer_entrypoint.CommandConsumer(
+        consumer = CommandConsumer(
             CommandStore(command_pool),
             CommandPublisher(producer, settings, copies, container.metrics),
             container.metrics,
@@ -124,11 +124,9 @@ async def lifespan(
             lanes=settings.command_lanes,
             own_topics=frozenset(settings.topics),
         )
-        pipeline = consumer_entrypoint.Pipeline(
-            consumer, health=container.health, on_stopped=on_fatal
-        )
+        pipeline = Pipeline(consumer, health=container.health, on_stopped=on_fatal)
         if Role.CONSUMER in roles:
-            container.subscriber = consumer_entrypoint.subscribe(broker, settings, pipeline)
+            container.subscriber = subscribe(broker, settings, pipeline)
         document_topics(broker, settings)
         relay_producer = create_relay_producer(settings)
         closers = [copies.stop, producer.stop, relay_producer.stop]
@@ -151,7 +149,7 @@ async def lifespan(
                 consumer.on_committed.append(relay.wakeup)
                 container.relay = relay
                 container.tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
-                pruner = Pruner(pool, settings, container.metrics)
+                pruner = Pruner(PostgresOutbox(pool), settings, container.metrics)
                 container.tasks.append(asyncio.create_task(pruner.run(), name="pruner"))
             log.info("customer-groups ready (roles: %s)", ", ".join(sorted(roles)))
             yield container

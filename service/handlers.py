@@ -26,13 +26,7 @@ async def create_group(command: CreateGroup, uow: UnitOfWork, now: Clock) -> Com
     async with uow:
         if (earlier := await uow.processed.earlier_result(command)) is not None:
             return earlier
-        group = Group.create(command, command.group_id or new_group_id(), now())
-        try:
-            await uow.groups.add(group)
-            uow.outbox.add(GroupCreated(group))
-            result = CommandResult.accepted(command.command_id, 201, group)
-        except Rejected as reason:
-            result = CommandResult.rejected(command.command_id, command.organization_id, reason)
+        result = await _decided(command, _create(command, uow, now))
         uow.processed.add(command, result)
         await uow.commit()
     return result
@@ -42,15 +36,7 @@ async def update_group(command: UpdateGroup, uow: UnitOfWork, now: Clock) -> Com
     async with uow:
         if (earlier := await uow.processed.earlier_result(command)) is not None:
             return earlier
-        try:
-            group = await _live_group(uow, command)
-            updated, previous = group.update(command, now())
-            if previous:
-                await uow.groups.save(updated)
-                uow.outbox.add(GroupUpdated(updated, previous))
-            result = CommandResult.accepted(command.command_id, 200, updated)
-        except Rejected as reason:
-            result = CommandResult.rejected(command.command_id, command.organization_id, reason)
+        result = await _decided(command, _update(command, uow, now))
         uow.processed.add(command, result)
         await uow.commit()
     return result
@@ -60,17 +46,42 @@ async def delete_group(command: DeleteGroup, uow: UnitOfWork, now: Clock) -> Com
     async with uow:
         if (earlier := await uow.processed.earlier_result(command)) is not None:
             return earlier
-        try:
-            group = await _live_group(uow, command)
-            deleted = group.delete(command, now())
-            await uow.groups.save(deleted)
-            uow.outbox.add(GroupDeleted(deleted))
-            result = CommandResult.accepted(command.command_id, 200, deleted)
-        except Rejected as reason:
-            result = CommandResult.rejected(command.command_id, command.organization_id, reason)
+        result = await _decided(command, _delete(command, uow, now))
         uow.processed.add(command, result)
         await uow.commit()
     return result
+
+
+async def _create(command: CreateGroup, uow: UnitOfWork, now: Clock) -> CommandResult:
+    group = Group.create(command, command.group_id or new_group_id(), now())
+    await uow.groups.add(group)
+    uow.outbox.add(GroupCreated(group))
+    return CommandResult.accepted(command.command_id, 201, group)
+
+
+async def _update(command: UpdateGroup, uow: UnitOfWork, now: Clock) -> CommandResult:
+    group = await _live_group(uow, command)
+    updated, previous = group.update(command, now())
+    if previous:
+        await uow.groups.save(updated)
+        uow.outbox.add(GroupUpdated(updated, previous))
+    return CommandResult.accepted(command.command_id, 200, updated)
+
+
+async def _delete(command: DeleteGroup, uow: UnitOfWork, now: Clock) -> CommandResult:
+    group = await _live_group(uow, command)
+    deleted = group.delete(command, now())
+    await uow.groups.save(deleted)
+    uow.outbox.add(GroupDeleted(deleted))
+    return CommandResult.accepted(command.command_id, 200, deleted)
+
+
+async def _decided(command: AnyCommand, change: Awaitable[CommandResult]) -> CommandResult:
+    """The change's result, or why the rules refused it: either is recorded as the answer."""
+    try:
+        return await change
+    except Rejected as reason:
+        return CommandResult.rejected(command.command_id, command.organization_id, reason)
 
 
 async def _live_group(uow: UnitOfWork, command: UpdateGroup | DeleteGroup) -> Group:

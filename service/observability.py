@@ -2,48 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import asyncpg
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.domain.headers import Refused
 from service.domain.results import CommandResult
 
 if TYPE_CHECKING:
-    from service.adapters.outbox_store import Backlog
-
-# SQLSTATE classes that say "try again later": connection, resources, operator intervention,
-# transaction rollback (serialization, deadlock).
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "40")
-
-
-def backoff(failures: int, first_s: float, max_s: float) -> float:
-    """The wait before retry number `failures` (from 1): doubling up to `max_s`, each drawn
-    from its upper half at random, so that many instances retrying at once drift apart."""
-    ceiling: float = min(first_s * 2 ** (failures - 1), max_s)
-    return ceiling * (0.5 + random.random() / 2)
-
-
-def is_transient(error: BaseException) -> bool:
-    # Kafka refuses these for what the record is, so a retry could only refuse it again.
-    if isinstance(error, MessageSizeTooLargeError | RecordTooLargeError):
-        return False
-    if isinstance(error, OSError | TimeoutError | asyncio.TimeoutError | KafkaError):
-        return True
-    if isinstance(error, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
-        return True
-    if isinstance(error, asyncpg.PostgresError):
-        state = getattr(error, "sqlstate", "") or ""
-        return state.startswith(_TRANSIENT_SQLSTATE_CLASSES)
-    return False
+    from service.adapters.postgres.outbox_store import Backlog
 
 
 class Metrics:
@@ -154,6 +125,24 @@ class Health:
     @property
     def healthy(self) -> bool:
         return not self.problems
+
+
+class RateLimitedLog:
+    """At most one warning per `every_s`, with how many were held back since the last."""
+
+    def __init__(self, log: logging.Logger, every_s: float) -> None:
+        self._log = log
+        self._every_s = every_s
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        held, self._held, self._next = self._held, 0, now + self._every_s
+        self._log.warning(message + " (%d more since the last warning)", *args, held)
 
 
 def configure_logging(level: str, as_json: bool) -> None:

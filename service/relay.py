@@ -27,11 +27,10 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from service.adapters import outbox_store
-from service.adapters.db import Pool
-from service.adapters.outbox_store import OutboxRow, Term
+from service.adapters.postgres.outbox_store import OutboxRow, PostgresOutbox, Term
 from service.config import Settings
-from service.observability import Health, Metrics, backoff, is_transient
+from service.observability import Health, Metrics
+from service.retry import backoff, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class OutboxRelay:
         self._outbox = outbox
         self._publisher = publisher
         self._settings = settings
-        self._poll_max_s = settings.relay_poll_max_s or (
+        self.poll_max_s = settings.relay_poll_max_s or (
             POLL_MAX_WOKEN_S if woken_by_commits else POLL_MAX_ALONE_S
         )
         self._metrics = metrics
@@ -118,6 +117,12 @@ class OutboxRelay:
         self._failures = 0
         self._parked: set[str] = set()
         self._sending = False
+        self._pacing: PollPacing | None = None
+
+    @property
+    def poll_wait_s(self) -> float | None:
+        """How long the relay now waits for a wake-up before it polls."""
+        return None if self._pacing is None else self._pacing.wait_s
 
     async def run(self) -> None:
         while True:
@@ -167,7 +172,7 @@ class OutboxRelay:
 
     async def _publish_forever(self, leader: Leader) -> None:
         settings = self._settings
-        pacing = PollPacing(settings.relay_poll_min_s, self._poll_max_s)
+        pacing = self._pacing = PollPacing(settings.relay_poll_min_s, self.poll_max_s)
         polled = True
         while True:
             # Cleared before the read, not after the publish: a commit made meanwhile (its
@@ -272,8 +277,8 @@ class OutboxRelay:
 class Pruner:
     """Deletes published outbox rows and processed-command records past their retention."""
 
-    def __init__(self, pool: Pool, settings: Settings, metrics: Metrics) -> None:
-        self._pool = pool
+    def __init__(self, outbox: PostgresOutbox, settings: Settings, metrics: Metrics) -> None:
+        self._outbox = outbox
         self._settings = settings
         self._metrics = metrics
 
@@ -281,23 +286,15 @@ class Pruner:
         while True:
             try:
                 await self.prune_once()
-                self._metrics.observe_backlog(await outbox_store.backlog(self._pool))
+                self._metrics.observe_backlog(await self._outbox.backlog())
             except Exception as error:
                 log.warning("pruning skipped: %r", error)
             await asyncio.sleep(self._settings.prune_interval_s)
 
     async def prune_once(self) -> tuple[int, int]:
         s = self._settings
-        outbox = await outbox_store.prune(
-            self._pool,
-            outbox_store.PRUNE_OUTBOX,
+        return await self._outbox.prune(
             s.outbox_retention_days * 86400,
-            s.prune_batch_size,
-        )
-        processed = await outbox_store.prune(
-            self._pool,
-            outbox_store.PRUNE_PROCESSED,
             s.processed_commands_retention_days * 86400,
             s.prune_batch_size,
         )
-        return outbox, processed

@@ -23,8 +23,9 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from service.adapters.db import create_pool, migrate
-from service.adapters.kafka import client_options, ensure_topics
+from service.adapters.kafka.clients import client_options
+from service.adapters.kafka.topics import ensure_topics
+from service.adapters.postgres.db import create_pool, migrate
 from service.bootstrap import Container, lifespan
 from service.config import Settings
 from tests.support import KafkaProbe, wait_until_assigned

@@ -13,17 +13,19 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from service.adapters.command_store import CommandStore
-from service.adapters.db import create_pool
-from service.adapters.kafka import EventPublisher, create_relay_producer
-from service.adapters.outbox_store import PostgresOutbox
+from service.adapters.kafka import Record
+from service.adapters.kafka.clients import create_relay_producer
+from service.adapters.kafka.events import EventPublisher
+from service.adapters.postgres.command_store import CommandStore
+from service.adapters.postgres.db import create_pool
+from service.adapters.postgres.outbox_store import PostgresOutbox
 from service.config import Settings
 from service.domain.commands import CreateGroup, DeleteGroup, UpdateGroup
 from service.domain.results import CommandResult
 from service.handlers import Incoming, apply_commands
 from service.observability import Health, Metrics
 from service.relay import OutboxRelay
-from tests.support import Record, headers_of
+from tests.support import headers_of
 
 
 @dataclass

@@ -7,15 +7,14 @@ import contextlib
 import json
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, TypeAlias
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from service.adapters.kafka import client_options
+from service.adapters.kafka import Record
+from service.adapters.kafka.clients import client_options
 from service.bootstrap import Container
 from service.config import Settings
-
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 def command(

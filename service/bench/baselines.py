@@ -1,7 +1,8 @@
-"""What the database alone can do with the service's own statements, for comparison.
+"""The baselines phase: what raw PostgreSQL, running the service's own statements, and raw
+Kafka do on the same machine in the same run, for comparison.
 
-Everything a statement needs is computed before the clock starts, so these figures are
-the database's cost (and asyncpg's), not Python's."""
+Everything a statement needs is computed before the clock starts, so the database's
+figures are its cost (and asyncpg's), not Python's."""
 
 from __future__ import annotations
 
@@ -14,10 +15,49 @@ from typing import Any
 
 import orjson
 
-from service.adapters.command_store import LOAD_BATCH, WRITE_BATCH, begin_batch
-from service.adapters.db import Connection, Pool
-from service.bench.workload import CODES, Planned
+from service.adapters.postgres.command_store import LOAD_BATCH, WRITE_BATCH, begin_batch
+from service.adapters.postgres.db import Connection, Pool
+from service.bench import kafka_io
+from service.bench.context import BenchRun
+from service.bench.database import SMALL_PRELOAD
+from service.bench.workload import CODES, Planned, plan
+from service.config import Settings
 from service.domain.model import Group, group_json, name_key
+
+MESSAGE_BYTES = 300
+
+
+async def measure(run: BenchRun, own: Settings, roundtrip_topic: str) -> None:
+    o = run.options
+    found: dict[str, float] = {}
+    run.figures["baselines"] = found
+
+    def rows(name: str) -> list[Rows]:
+        return rows_for(plan(o.commands, run.orgs, run.tag(name)))
+
+    # The same starting point as the throughput run, so the planner sees the same table.
+    await run.database.reset()
+    await run.database.preload(SMALL_PRELOAD)
+    run.progress("baseline: raw asyncpg, one transaction per command, one connection")
+    found["db_tx_per_s_c1"] = await transactions_per_s(
+        run.database.pool, rows("c1"), 1, o.baseline_seconds
+    )
+    connections = own.database_pool_max
+    run.progress(f"baseline: raw asyncpg, one transaction per command, {connections} connections")
+    found["db_tx_per_s_pool"] = await transactions_per_s(
+        run.database.pool, rows("cp"), connections, o.baseline_seconds
+    )
+    run.figures["sizes"]["db_pool_connections"] = connections
+    # The size of the service's transactions when it is busiest: a full batch, in lanes.
+    size = max(1, own.command_batch_max // own.command_lanes)
+    run.progress(f"baseline: raw asyncpg, set-based batches of {size}")
+    found["db_batch_rows_per_s"] = await batch_rows_per_s(run.database.pool, rows("cb"), size)
+    run.figures["sizes"]["db_batch_rows"] = size
+    run.progress("baseline: raw aiokafka produce -> consume")
+    found["kafka_roundtrip_msgs_per_s"] = await kafka_io.roundtrip_per_s(
+        own, roundtrip_topic, o.commands, MESSAGE_BYTES
+    )
+    await run.database.reset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from service.adapters.kafka import client_options, send_batches
+from service.adapters.kafka import Record
+from service.adapters.kafka.batches import send_batches
+from service.adapters.kafka.clients import client_options
 from service.config import Settings
 
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 OnRecord = Callable[[Record, float], None]
 
 
@@ -36,12 +38,29 @@ async def partitions(settings: Settings, topics: Sequence[str]) -> list[TopicPar
         await probe.stop()
 
 
-async def produce(client: Any, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-    """Send them all as record batches, one per partition at a time: `send` per message
+async def send(
+    client: Any, topic: str, records: Sequence[tuple[bytes, bytes]]
+) -> list[asyncio.Future[Any]]:
+    """Hand them over as record batches, one per partition at a time: `send` per message
     costs far more CPU per message (docs/benchmark.md), CPU that the service under test
-    shares."""
-    sent = await send_batches(client, topic, [(key, value, []) for key, value in records])
-    await asyncio.gather(*sent)
+    shares. The futures are done once Kafka has acknowledged them."""
+    return await send_batches(client, topic, [(key, value, []) for key, value in records])
+
+
+async def produce(client: Any, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    """`send` them and wait until Kafka has acknowledged them all."""
+    await asyncio.gather(*await send(client, topic, records))
+
+
+def _reader(settings: Settings, **options: Any) -> Any:
+    """A consumer in no group: it reads the partitions it is assigned, from where it is told."""
+    return AIOKafkaConsumer(
+        **client_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        **options,
+    )
 
 
 class Tail:
@@ -64,15 +83,9 @@ class Tail:
 
     async def start(self) -> None:
         assigned = await partitions(self._settings, self._topics)
-        self._consumer = AIOKafkaConsumer(
-            **client_options(self._settings),
-            group_id=None,
-            enable_auto_commit=False,
-            # The latency figure is the service's, not this reader's: while a fetch waits up
-            # to this long on quiet partitions, records of the others wait behind it.
-            fetch_max_wait_ms=10,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
+        # The latency figure is the service's, not this reader's: while a fetch waits up to
+        # fetch_max_wait_ms on quiet partitions, records of the others wait behind it.
+        self._consumer = _reader(self._settings, fetch_max_wait_ms=10)
         await self._consumer.start()
         self._consumer.assign(assigned)
         for partition, offset in (await self._consumer.end_offsets(assigned)).items():
@@ -127,12 +140,7 @@ class Offsets:
         self._base: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            **client_options(self._settings),
-            group_id=None,
-            enable_auto_commit=False,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
+        self._consumer = _reader(self._settings)
         await self._consumer.start()
         self._base = await self._consumer.end_offsets(
             await partitions(self._settings, self._topics)
@@ -170,25 +178,27 @@ class Offsets:
             await self._consumer.stop()
 
 
-async def create_topic(settings: Settings, name: str, partitions: int) -> None:
+@contextlib.asynccontextmanager
+async def _admin(settings: Settings) -> AsyncIterator[Any]:
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, partitions, settings.topic_replication_factor)])
+        yield admin
     finally:
         await admin.close()
 
 
+async def create_topic(settings: Settings, name: str, partitions: int) -> None:
+    async with _admin(settings) as admin:
+        await admin.create_topics([NewTopic(name, partitions, settings.topic_replication_factor)])
+
+
 async def delete_topics(settings: Settings, names: Sequence[str]) -> None:
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
-    try:
+    async with _admin(settings) as admin:
         existing = set(await admin.list_topics())
         doomed = [name for name in names if name in existing]
         if doomed:
             await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
 
 
 async def roundtrip_per_s(settings: Settings, topic: str, count: int, size: int) -> float:

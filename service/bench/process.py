@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.config import Settings
@@ -172,3 +173,18 @@ class ServiceProcess:
         except OSError as error:
             return f"(no log: {error})"
         return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class Services:
+    """The service under test as a phase drives it: the settings its commands go by, and its
+    processes (none when the bench drives a service already running)."""
+
+    settings: Settings
+    processes: list[ServiceProcess]
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time all service processes have used so far."""
+        if not self.processes:
+            return None
+        return sum(process.cpu_seconds() for process in self.processes)

@@ -20,6 +20,9 @@ CORRELATION_ID_MAX_BYTES = 256
 # fields after a dash, which a version-00 reader keeps as they are.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACEPARENT_MAX = 512
+# What a later version may append after a dash, kept as it came: visible ASCII only (a NUL
+# cannot be stored, a control character must not reach anyone's terminal or logs).
+_LATER_FIELDS = re.compile(r"-[\x21-\x7e]*")
 # tracestate: at most 32 list members and 512 characters in all.
 TRACESTATE_MAX = 512
 _TRACESTATE_MEMBERS_MAX = 32
@@ -85,9 +88,8 @@ def valid_traceparent(value: str) -> bool:
         return False
     if version == "00":
         return len(value) == match.end()
-    return len(value) <= _TRACEPARENT_MAX and (
-        len(value) == match.end() or value[match.end()] == "-"
-    )
+    rest = value[match.end() :]
+    return not rest or _LATER_FIELDS.fullmatch(rest) is not None
 
 
 def tracestate(raw: bytes) -> str | Refused:

@@ -11,12 +11,11 @@ from collections.abc import Callable, Sequence
 
 import uvicorn
 
-from service import bench
-from service.adapters.db import create_pool, migrate
+from service.adapters.postgres.db import create_pool, migrate
 from service.bootstrap import ALL_ROLES, Role
 from service.config import Settings
-from service.entrypoints import ops
-from service.entrypoints.http import create_app
+from service.entrypoints import bench, ops
+from service.entrypoints.http.app import create_app
 from service.observability import configure_logging
 
 Command = Callable[[argparse.Namespace, Settings], int]

@@ -7,9 +7,9 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.progress import (
@@ -25,11 +25,11 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.text import Text
 
-from service.adapters.db import Pool, create_pool
-from service.adapters.kafka import client_options, create_producer
+from service.adapters.kafka import Record
+from service.adapters.kafka.clients import client_options, create_producer
+from service.adapters.postgres.db import Pool, create_pool
 from service.config import Settings
 
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 T = TypeVar("T")
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")

@@ -16,14 +16,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from service.adapters.kafka import DLQ_PREFIX
+from service.adapters.kafka import Record
+from service.adapters.kafka.results import DLQ_PREFIX
 from service.config import Settings
-from service.entrypoints.consumer import Invalid, parse_command
 from service.ops.common import (
     QUIET,
     OpsError,
     Progress,
-    Record,
     headers_of,
     iso,
     partitions_of,
@@ -34,6 +33,7 @@ from service.ops.common import (
     span_since,
     text_of,
 )
+from service.parsing import Invalid, parse_command
 
 
 @dataclass(frozen=True, slots=True)

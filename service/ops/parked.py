@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.adapters import outbox_store
-from service.adapters.db import Pool
+from service.adapters.postgres import outbox_store
+from service.adapters.postgres.db import Pool
 from service.ops.common import OpsError, iso
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from service.adapters import outbox_store
-from service.adapters.db import Pool
-from service.adapters.kafka import EventPublisher
-from service.adapters.outbox_store import OutboxRow
+from service.adapters.kafka.events import EventPublisher
+from service.adapters.postgres import outbox_store
+from service.adapters.postgres.db import Pool
+from service.adapters.postgres.outbox_store import OutboxRow
 from service.config import Settings
 from service.ops.common import (
     QUIET,
@@ -86,7 +86,9 @@ class RepublishOutcome:
 _ARGUMENTS_AGE = timedelta(minutes=1)
 
 
-async def check_retention(pool: Pool, settings: Settings, since: datetime | None) -> None:
+async def refuse_beyond_outbox_retention(
+    pool: Pool, settings: Settings, since: datetime | None
+) -> None:
     """Published events older than the outbox retention are pruned: refuse to pretend."""
     days = settings.outbox_retention_days
     cutoff = datetime.now(UTC) - timedelta(days=days)
@@ -119,7 +121,7 @@ async def republish(
     await partitions_of(settings, topic)
     arguments = selection.arguments()
     async with database(settings) as pool:
-        await check_retention(pool, settings, selection.since)
+        await refuse_beyond_outbox_retention(pool, settings, selection.since)
         # One snapshot, so the count the progress bar shows is the rows that follow.
         async with (
             pool.acquire() as conn,

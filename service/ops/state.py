@@ -18,8 +18,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from asyncpg.pool import PoolConnectionProxy
 
-from service.adapters.command_store import GROUP_COLUMNS, group_from_row
-from service.adapters.db import Pool
+from service.adapters.postgres.command_store import GROUP_COLUMNS, group_from_row
+from service.adapters.postgres.db import Pool
 from service.config import Settings
 from service.domain.model import Group, group_json
 from service.ops.common import (

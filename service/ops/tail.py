@@ -9,8 +9,9 @@ from typing import Any
 
 import orjson
 
+from service.adapters.kafka import Record
 from service.config import Settings
-from service.ops.common import Record, headers_of, iso, partitions_of, reader, record_time, text_of
+from service.ops.common import headers_of, iso, partitions_of, reader, record_time, text_of
 
 KINDS = ("events", "results", "dlq", "state")
 

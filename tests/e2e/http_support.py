@@ -12,7 +12,7 @@ import httpx
 
 from service.bootstrap import ALL_ROLES, Role
 from service.config import Settings
-from service.entrypoints.http import create_app
+from service.entrypoints.http.app import create_app
 from tests.support import wait_until_assigned
 
 # The `settings` fixture configures token-a=org_a,token-b=org_b.

@@ -13,11 +13,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
-from service.adapters.kafka import client_options
+from service.adapters.kafka import Record
+from service.adapters.kafka.clients import client_options
 from service.bootstrap import Container, lifespan
 from service.config import Settings
 from tests.e2e.http_support import TcpProxy
-from tests.support import KafkaProbe, Record, command, headers_of, wait_until_assigned
+from tests.support import KafkaProbe, command, headers_of, wait_until_assigned
 
 RESULT_KEYS = {"command_id", "status", "code", "error", "details", "group"}
 

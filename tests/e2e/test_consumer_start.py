@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from service.adapters.kafka import client_options
+from service.adapters.kafka.clients import client_options
 from service.bootstrap import lifespan
 from service.config import Settings
 from tests.conftest import make_settings
@@ -127,7 +127,7 @@ async def group_names(pool: asyncpg.Pool, bodies: Iterable[dict[str, Any]]) -> s
 
 
 def start_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "service.adapters.kafka_start"]
+    return [r for r in caplog.records if r.name == "service.adapters.kafka.consumer_start"]
 
 
 def commands(label: str) -> list[dict[str, Any]]:
@@ -141,7 +141,7 @@ def commands(label: str) -> list[dict[str, Any]]:
 async def test_b_no_committed_offset_skips_commands_beyond_retention_once(
     settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="service.adapters.kafka_start")
+    caplog.set_level(logging.INFO, logger="service.adapters.kafka.consumer_start")
     settings = short_retention(settings)
     old, recent = commands("Old"), commands("Recent")
     probe = KafkaProbe(settings)
@@ -176,7 +176,7 @@ async def test_b_no_committed_offset_skips_commands_beyond_retention_once(
 async def test_b_start_from_earliest_applies_commands_beyond_retention(
     settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="service.adapters.kafka_start")
+    caplog.set_level(logging.INFO, logger="service.adapters.kafka.consumer_start")
     settings = short_retention(settings, command_start_without_offset="earliest")
     old = commands("Old")
     probe = KafkaProbe(settings)

@@ -11,8 +11,8 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
 
-from service.adapters import reply_copies
-from service.adapters.kafka import client_options
+from service.adapters.kafka import reply_copies
+from service.adapters.kafka.clients import client_options
 from service.bootstrap import Container
 from service.config import Settings
 from service.domain.headers import valid_traceparent

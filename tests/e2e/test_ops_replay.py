@@ -10,11 +10,12 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from service.adapters.kafka import client_options
+from service.adapters.kafka.clients import client_options
 from service.bootstrap import Container, lifespan
 from service.config import Settings
 from service.ops.common import OpsError
-from service.ops.replay import Start, replay_oneoff, reset_offsets
+from service.ops.replay import Start, replay_oneoff
+from service.ops.replay_reset import reset_offsets
 from tests.support import KafkaProbe, command, wait_until_assigned
 
 

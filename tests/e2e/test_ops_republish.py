@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from service.adapters.kafka import client_options
+from service.adapters.kafka import Record
+from service.adapters.kafka.clients import client_options
 from service.bootstrap import Container
 from service.config import Settings
 from service.ops.common import OpsError, parse_time
 from service.ops.republish import EventFilter, republish
-from tests.support import KafkaProbe, Record, command, headers_of
+from tests.support import KafkaProbe, command, headers_of
 
 
 async def new_topic(settings: Settings, compact: bool = False) -> str:

@@ -11,14 +11,15 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from service.adapters.command_store import group_from_row
-from service.adapters.kafka import client_options
+from service.adapters.kafka import Record
+from service.adapters.kafka.clients import client_options
+from service.adapters.postgres.command_store import group_from_row
 from service.bootstrap import Container
 from service.config import Settings
 from service.domain.model import group_json
 from service.ops import state
 from service.ops.state import rebuild_state
-from tests.support import KafkaProbe, Record, command
+from tests.support import KafkaProbe, command
 
 
 async def compacted_topic(settings: Settings) -> str:

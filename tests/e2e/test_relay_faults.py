@@ -15,8 +15,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.adapters import outbox_store
-from service.adapters.kafka import ensure_topics
+from service.adapters.kafka import Record
+from service.adapters.kafka.topics import ensure_topics
+from service.adapters.postgres import outbox_store
 from service.bootstrap import Role, lifespan
 from service.config import Settings
 from tests.kafka_node import KafkaNode, die_with_parent, missing_requirements
@@ -33,7 +34,7 @@ from tests.relay_support import (
     wait_published,
     wait_until,
 )
-from tests.support import KafkaProbe, Record
+from tests.support import KafkaProbe
 
 OUTAGE_S = 20
 

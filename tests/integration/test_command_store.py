@@ -13,15 +13,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service.adapters import locks
-from service.adapters.command_store import (
+from service.adapters.postgres import locks
+from service.adapters.postgres.command_store import (
     LOAD_BATCH,
     NAME_INDEX,
     CommandStore,
     PostgresBatch,
     group_from_row,
 )
-from service.adapters.db import Connection, create_pool
+from service.adapters.postgres.db import Connection, create_pool
+from service.adapters.postgres.outbox_store import PostgresOutbox
 from service.config import Settings
 from service.domain.model import group_json, name_key
 from service.domain.ports import AnyCommand
@@ -493,12 +494,12 @@ async def test_pruning_drops_old_records_in_batches_and_keeps_unpublished_events
         }
     )
 
-    assert await Pruner(pool, tiny, Metrics()).prune_once() == (4, 5)
+    assert await Pruner(PostgresOutbox(pool), tiny, Metrics()).prune_once() == (4, 5)
 
     assert [r["id"] for r in await outbox(pool)] == [old[4], *recent]
     left = {r["command_id"] for r in await pool.fetch("SELECT command_id FROM processed_commands")}
     assert left == {r.command_id for r in results[5:]}
-    assert await Pruner(pool, tiny, Metrics()).prune_once() == (0, 0)
+    assert await Pruner(PostgresOutbox(pool), tiny, Metrics()).prune_once() == (0, 0)
     assert await pool.fetchval("SELECT count(*) FROM customer_groups") == 7
 
 
@@ -509,7 +510,7 @@ async def test_a_pruned_command_id_is_a_new_command_again(
     command = create("VIP")
     [first] = await apply(store, command)
     await pool.execute("UPDATE processed_commands SET processed_at = now() - interval '8 days'")
-    assert await Pruner(pool, settings, Metrics()).prune_once() == (0, 1)
+    assert await Pruner(PostgresOutbox(pool), settings, Metrics()).prune_once() == (0, 1)
     [again] = await apply(store, command)
     assert (first.code, again.code) == (201, 409)
     assert again.error == "Group with same name already exists"

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from service.adapters.command_store import NAME_INDEX, CommandStore
-from service.adapters.db import create_pool, migrate, migration_files
+from service.adapters.postgres.command_store import NAME_INDEX, CommandStore
+from service.adapters.postgres.db import create_pool, migrate, migration_files
 from service.config import Settings
 from service.domain.model import name_key
 from service.domain.ports import AnyCommand
@@ -98,7 +98,7 @@ async def test_0002_gives_existing_groups_their_name_keys_and_sets_colliding_one
         await pool.execute(INSERT_0001, *columns[:3], created, columns[4])
         await pool.execute(INSERT_MANY_0001, ORG, T0, 2500)
 
-        with caplog.at_level(logging.WARNING, logger="service.adapters.db"):
+        with caplog.at_level(logging.WARNING, logger="service.adapters.postgres.db"):
             applied = await migrate(pool)
 
         assert applied[0] == "0002_name_key"

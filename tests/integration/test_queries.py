@@ -6,8 +6,14 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from service.adapters import queries
-from service.adapters.queries import Cursor, Filters, Position, decode_cursor, encode_cursor
+from service.adapters.postgres import queries
+from service.adapters.postgres.queries import (
+    Cursor,
+    Filters,
+    Position,
+    decode_cursor,
+    encode_cursor,
+)
 from service.domain.model import name_key
 
 T0 = datetime(2026, 11, 22, 10, 30, tzinfo=UTC)

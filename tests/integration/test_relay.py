@@ -12,9 +12,11 @@ import asyncpg
 import orjson
 from pydantic import SecretStr
 
-from service.adapters import outbox_store
-from service.adapters.db import create_pool
-from service.adapters.kafka import EventPublisher, create_producer
+from service.adapters.kafka.clients import create_producer
+from service.adapters.kafka.events import EventPublisher
+from service.adapters.postgres import outbox_store
+from service.adapters.postgres.db import create_pool
+from service.adapters.postgres.outbox_store import PostgresOutbox
 from service.config import Settings
 from service.domain.model import Group, group_json
 from service.observability import Metrics
@@ -205,7 +207,9 @@ async def test_backlog_metrics_count_unpublished_rows_and_their_age(
     assert age >= 0.3
 
     metrics = Metrics()
-    pruner = Pruner(pool, settings.model_copy(update={"prune_interval_s": 0.05}), metrics)
+    pruner = Pruner(
+        PostgresOutbox(pool), settings.model_copy(update={"prune_interval_s": 0.05}), metrics
+    )
     pruning = asyncio.create_task(pruner.run())
     try:
 
@@ -282,7 +286,9 @@ async def test_pruner_deletes_only_rows_published_longer_ago_than_retention(
         created[0].command_id,
     )
 
-    pruner = Pruner(pool, settings.model_copy(update={"prune_batch_size": 2}), Metrics())
+    pruner = Pruner(
+        PostgresOutbox(pool), settings.model_copy(update={"prune_batch_size": 2}), Metrics()
+    )
     assert await pruner.prune_once() == (3, 1)
 
     left = {r["id"] for r in await pool.fetch("SELECT id FROM outbox")}

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from service.adapters.kafka import client_options, ensure_topics
+from service.adapters.kafka.clients import client_options
+from service.adapters.kafka.result_waiter import ResultWaiter
+from service.adapters.kafka.topics import ensure_topics
 from service.config import Settings
 from service.domain.errors import GroupNotFound
 from service.domain.results import CommandResult
-from service.entrypoints.api import ResultWaiter
 
 
 @contextlib.asynccontextmanager

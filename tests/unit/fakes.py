@@ -11,11 +11,11 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from service.adapters.staging import OutboxRecord, Processed, Staging
 from service.domain.commands import Command
 from service.domain.errors import Rejected
 from service.domain.model import Group
 from service.domain.ports import AnyCommand
+from service.unit_of_work import OutboxRecord, Processed, Staging
 
 ORG = "org_a"
 OTHER_ORG = "org_b"

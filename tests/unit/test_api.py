@@ -18,7 +18,7 @@ from starlette.types import Message
 
 from service.config import Settings
 from service.domain.results import CommandResult
-from service.entrypoints.http import create_app
+from service.entrypoints.http.app import create_app
 
 GROUPS = "/api/v1/customer-groups"
 ORG_A = {"Authorization": "Bearer token-a"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from service.bench.runner import arrivals
+from service.bench.timing import arrivals
 
 
 class Counts:

@@ -18,7 +18,7 @@ from service.domain.commands import (
     DeleteGroup,
     UpdateGroup,
 )
-from service.entrypoints.consumer import Invalid, parse_command
+from service.parsing import Invalid, parse_command
 
 MAX = 1024 * 1024
 CID = "5b0c3c1e-6f1e-4a8e-9d55-0e8f3f7c2a10"

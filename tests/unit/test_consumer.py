@@ -13,18 +13,13 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
-from service.adapters.kafka import DeadLetter, Reply
+from service.adapters.kafka.results import DeadLetter, Reply
 from service.domain.ports import AnyCommand
-from service.entrypoints.consumer import (
-    LANE_MIN_COMMANDS,
-    CommandConsumer,
-    LaneOrder,
-    LaneStopped,
-    Pipeline,
-    split_lanes,
-)
 from service.handlers import Incoming
-from service.observability import Metrics, is_transient
+from service.lanes import LANE_MIN_COMMANDS, LaneOrder, LaneStopped, split_lanes
+from service.observability import Metrics
+from service.pipeline import CommandConsumer, Pipeline
+from service.retry import is_transient
 from tests.unit.fakes import FakeBatch, FakeCommandStore
 from tests.unit.fakes import create as create_command
 

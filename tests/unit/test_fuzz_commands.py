@@ -17,7 +17,7 @@ from service.domain.commands import (
     valid_command_id,
     valid_organization_id,
 )
-from service.entrypoints.consumer import Invalid, parse_command
+from service.parsing import Invalid, parse_command
 
 MAX = 1024 * 1024
 REASONS = {"empty", "not_json", "not_object", "too_large", "invalid_schema", "validation"}
@@ -102,7 +102,7 @@ NOT_NUL = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
 def valid_commands(draw: st.DrawFn) -> dict[str, Any]:
     kind = draw(st.sampled_from(["group.create", "group.update", "group.delete"]))
     command: dict[str, Any] = {
-        "command_id": draw(st.text(st.characters(min_codepoint=0x20), min_size=1, max_size=128)),
+        "command_id": draw(st.text(NOT_NUL, min_size=1, max_size=128)),
         "organization_id": draw(st.from_regex(ORGANIZATION_ID, fullmatch=True)),
         "type": kind,
     }

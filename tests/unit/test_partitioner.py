@@ -7,7 +7,7 @@ import random
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as kafkas_murmur2
 
-from service.adapters.kafka import CachedPartitioner, murmur2
+from service.adapters.kafka.batches import CachedPartitioner, murmur2
 
 
 def test_the_cached_partitioner_agrees_with_kafkas_default() -> None:

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service.adapters.outbox_store import OutboxRow, Term
+from service import relay as relay_module
+from service.adapters.postgres.outbox_store import OutboxRow, Term
 from service.config import Settings
 from service.observability import Health, Metrics
 from service.relay import WAITS_BEHIND, OutboxRelay, PollPacing
@@ -129,33 +130,35 @@ def test_pacing_shortens_on_rows_a_poll_finds_and_doubles_on_empty_polls() -> No
 
 
 async def test_commits_here_are_read_once_each_with_no_empty_polls_between() -> None:
-    """The consumer's wake-ups come every 30 ms; polls 5 ms after each read would add
-    several empty reads per commit."""
+    """Each wake-up from the consumer's commits is one read, and nothing else reads: the
+    polls' timer (a minute here) never fires while wake-ups keep coming."""
     outbox = FakeOutbox()
-    async with relay_on(outbox) as (relay, publisher):
-        await asyncio.sleep(0.5)  # idle: the polls back off
-        before = outbox.reads
+    settings = Settings(relay_poll_min_s=60, relay_poll_max_s=60)
+    relay, publisher, task = start_relay(outbox, settings=settings)
+    try:
+        await until(lambda: outbox.reads == 1)
         for id_ in range(1, 21):
             outbox.waiting.append(row(id_))
             relay.wakeup.set()
-            await asyncio.sleep(0.03)
-        reads = outbox.reads - before
+            await until(lambda: not outbox.waiting)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     assert [r.id for r in publisher.published] == list(range(1, 21))
-    assert 20 <= reads <= 24
+    assert outbox.reads == 21
 
 
 async def test_rows_no_wakeup_announced_keep_the_polls_fast() -> None:
     """Another process's commits are only found by polling; once a poll finds some, the
-    next polls come at the shortest interval (5 ms) rather than the idle one (over 1 s)."""
+    next poll comes at the shortest interval rather than the idle one."""
     outbox = FakeOutbox()
-    async with relay_on(outbox, poll_max_s=2.0) as (_, publisher):
-        await asyncio.sleep(1.5)
+    async with relay_on(outbox, poll_max_s=2.0) as (relay, publisher):
+        await until(lambda: relay.poll_wait_s == 2.0)
         outbox.waiting.append(row(1))
         await publisher.wait_for(1, timeout_s=5)
-        outbox.waiting.append(row(2))
-        # Idle, the next poll would be over a second away.
-        await publisher.wait_for(2, timeout_s=0.5)
-    assert [r.id for r in publisher.published] == [1, 2]
+        await until(lambda: not outbox.waiting)
+        assert relay.poll_wait_s == 0.005
+    assert [r.id for r in publisher.published] == [1]
 
 
 async def test_a_wakeup_in_the_same_moment_as_its_cancellation_still_stops_it() -> None:
@@ -170,16 +173,22 @@ async def test_a_wakeup_in_the_same_moment_as_its_cancellation_still_stops_it() 
     assert task.cancelled()
 
 
-@pytest.mark.parametrize(("woken_by_commits", "fewest", "most"), [(False, 20, 60), (True, 3, 9)])
-async def test_unset_poll_max_is_short_only_where_no_commit_can_wake_the_relay(
-    woken_by_commits: bool, fewest: int, most: int
+@pytest.mark.parametrize(
+    ("woken_by_commits", "poll_max_s"),
+    [(False, relay_module.POLL_MAX_ALONE_S), (True, relay_module.POLL_MAX_WOKEN_S)],
+)
+def test_unset_poll_max_is_short_only_where_no_commit_can_wake_the_relay(
+    woken_by_commits: bool, poll_max_s: float
 ) -> None:
-    outbox = FakeOutbox()
-    async with relay_on(outbox, None, woken_by_commits=woken_by_commits):
-        await asyncio.sleep(0.5)
-    # Empty polls back off from 5 ms: to 10 ms alone (about 48 in 0.5 s), to 200 ms beside
-    # a consumer (7).
-    assert fewest <= outbox.reads <= most
+    relay = OutboxRelay(
+        FakeOutbox(),
+        FakePublisher(),
+        Settings(_env_file=None),
+        Metrics(),
+        Health(),
+        woken_by_commits=woken_by_commits,
+    )
+    assert relay.poll_max_s == poll_max_s
 
 
 async def test_a_row_kafka_cannot_take_is_parked_with_its_group_behind_it_and_others_go_on() -> (

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from service.adapters import reply_copies
-from service.adapters.kafka import CommandPublisher, Reply
-from service.adapters.reply_copies import ReplyCopies
+from service.adapters.kafka import reply_copies
+from service.adapters.kafka.reply_copies import ReplyCopies
+from service.adapters.kafka.results import CommandPublisher, Reply
 from service.config import Settings
 from service.domain.errors import GroupNotFound
 from service.domain.results import CommandResult

@@ -1,4 +1,5 @@
-"""The HTTP server: the customer-groups API (api.py), health, metrics and docs."""
+"""The HTTP app: the customer-groups API (routes.py) when this process serves it, and health,
+metrics and docs always."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from faststream.specification import Specification, get_asyncapi_html
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.adapters import outbox_store
+from service.adapters.kafka.result_waiter import ResultWaiter
+from service.adapters.postgres import outbox_store
 from service.bootstrap import ALL_ROLES, Container, Role, lifespan
 from service.config import Settings
-from service.entrypoints import api
 from service.entrypoints.asyncapi import specification
+from service.entrypoints.http.routes import install
 
 VERSION = "1.0.0"
 PROBE_TIMEOUT_S = 2.0
@@ -43,7 +45,7 @@ def create_app(
                 on_started()
                 yield
                 return
-            waiter = api.ResultWaiter(settings)
+            waiter = ResultWaiter(settings)
             await waiter.start()
             app.state.results = waiter
             on_started()
@@ -61,7 +63,7 @@ def create_app(
         lifespan=app_lifespan,
     )
     if Role.HTTP in roles:
-        api.install(app, max_body_bytes=settings.command_max_bytes)
+        install(app, max_body_bytes=settings.command_max_bytes)
 
     @app.get("/health/live", tags=["ops"])
     async def live() -> dict[str, str]:
@@ -102,7 +104,7 @@ def _asyncapi(request: Request) -> Specification:
     return document
 
 
-async def _problems(container: Container, results: api.ResultWaiter | None) -> dict[str, str]:
+async def _problems(container: Container, results: ResultWaiter | None) -> dict[str, str]:
     """Why this instance should not get traffic now; empty when it should."""
 
     async def postgres() -> str | None:

@@ -11,13 +11,8 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import OffsetAndTimestamp
 
-from service.adapters import kafka_start
-from service.adapters.kafka_start import (
-    StartWithinRetention,
-    TopicsNotReady,
-    not_ready,
-    wait_for_leaders,
-)
+from service.adapters.kafka.consumer_start import StartWithinRetention
+from service.adapters.kafka.topics import TopicsNotReady, not_ready, wait_for_leaders
 from service.config import Settings
 
 NOW_S = 1_000_000.0
@@ -171,8 +166,7 @@ async def test_earliest_starts_at_the_beginning_and_warns_of_what_may_apply_agai
     assert "30 command(s) older than" in warning.getMessage()
 
 
-async def test_partitions_stay_paused_until_kafka_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kafka_start, "_POLL_S", 0.001)
+async def test_partitions_stay_paused_until_kafka_answers() -> None:
     consumer = FakeConsumer({P0: None}, {P0: 0}, {P0: 5}, {P0: 3}, failures=2)
     await listener(consumer).on_partitions_assigned({P0})
     assert consumer.calls == [

@@ -9,7 +9,7 @@ from importlib import resources
 
 import asyncpg
 
-from service.adapters import locks
+from service.adapters.postgres import locks
 from service.config import Settings
 from service.domain.model import name_key
 

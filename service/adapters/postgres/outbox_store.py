@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import asyncpg
 
-from service.adapters import locks
-from service.adapters.db import Connection, Pool
+from service.adapters.postgres import locks
+from service.adapters.postgres.db import Connection, Pool
 
 # In OutboxRow's field order. event_id comes as text: a UUID object only to print it
 # again would cost the relay time on every event.
@@ -212,10 +212,23 @@ class LeaderSession:
 
 
 class PostgresOutbox:
-    """The outbox as the relay sees it: a leader session per term."""
+    """The outbox as the relay and the pruner see it: a leader session per term, pruning,
+    and the backlog's size."""
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
+
+    async def prune(
+        self, outbox_after_s: float, processed_after_s: float, batch: int
+    ) -> tuple[int, int]:
+        """Published rows and processed-command records past their retention, deleted."""
+        return (
+            await prune(self._pool, PRUNE_OUTBOX, outbox_after_s, batch),
+            await prune(self._pool, PRUNE_PROCESSED, processed_after_s, batch),
+        )
+
+    async def backlog(self) -> Backlog:
+        return await backlog(self._pool)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[LeaderSession]:

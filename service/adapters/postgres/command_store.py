@@ -11,14 +11,14 @@ from typing import Any
 import asyncpg
 import orjson
 
-from service.adapters import locks
-from service.adapters.db import Connection, Pool
-from service.adapters.staging import Processed, Staging
+from service.adapters.postgres import locks
+from service.adapters.postgres.db import Connection, Pool
 from service.domain.commands import DeleteGroup
 from service.domain.errors import BatchConflict, GroupAlreadyExists, GroupNameTaken, Rejected
 from service.domain.model import Group, name_key
 from service.domain.ports import AnyCommand
 from service.domain.results import CommandResult
+from service.unit_of_work import Processed, Staging
 
 GROUP_COLUMNS = (
     "id, organization_id, name, description, platform_id, version,"

@@ -1,97 +1,25 @@
-"""How the command consumer starts: once its topic's partitions all have leaders, and, on a
-partition with no committed offset, no further back than processed commands are remembered."""
+"""Where the command consumer starts on a partition with no committed offset."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import (
+    AIOKafkaConsumer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
 
 from service.config import Settings
+from service.retry import retrying
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-TOPICS_READY_TIMEOUT_S = 60.0
-_POLL_S = 0.1
-_RETRY_MAX_S = 5.0
-
-
-class TopicsNotReady(RuntimeError):
-    """Partitions of the service's topics still had no leader when the start gave up."""
-
-
-def not_ready(described: list[dict[str, Any]]) -> dict[str, str]:
-    """Why each topic of a metadata answer (`describe_topics`) cannot be consumed yet."""
-    reasons: dict[str, str] = {}
-    for topic in described:
-        name = topic["topic"]
-        if topic["error_code"]:
-            reasons[name] = f"error code {topic['error_code']}"
-        elif not topic["partitions"]:
-            reasons[name] = "no partitions"
-        elif leaderless := sorted(p["partition"] for p in topic["partitions"] if p["leader"] < 0):
-            reasons[name] = f"no leader for partition(s) {', '.join(map(str, leaderless))}"
-    return reasons
-
-
-async def wait_for_leaders(
-    admin: AIOKafkaAdminClient,
-    topics: Collection[str],
-    timeout_s: float = TOPICS_READY_TIMEOUT_S,
-) -> None:
-    """Until the cluster's metadata shows every partition of `topics` with a leader.
-
-    A consumer group's leader assigns only the partitions its metadata knows. One that joins
-    right after its topic was created can get none, and aiokafka looks again only at its
-    next metadata refresh (`metadata_max_age_ms`, 5 minutes), while commands wait."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    waiting = False
-    while True:
-        try:
-            reasons = not_ready(await admin.describe_topics(sorted(topics)))
-        except KafkaError as error:
-            reasons = {name: repr(error) for name in topics}
-        if not reasons:
-            if waiting:
-                log.info("topics ready: %s", ", ".join(sorted(topics)))
-            return
-        if loop.time() >= deadline:
-            raise TopicsNotReady(
-                f"topics not ready after {timeout_s:g}s: "
-                + "; ".join(f"{name}: {why}" for name, why in sorted(reasons.items()))
-                + ". Check that the brokers are up and the topics exist."
-            )
-        if not waiting:
-            log.info(
-                "waiting up to %gs for the leaders of %s", timeout_s, ", ".join(sorted(reasons))
-            )
-            waiting = True
-        await asyncio.sleep(_POLL_S)
-
-
-async def wait_for_topics(
-    options: Mapping[str, Any],
-    topics: Collection[str],
-    timeout_s: float = TOPICS_READY_TIMEOUT_S,
-) -> None:
-    """`wait_for_leaders` with an admin client of its own, built from `options`."""
-    admin = AIOKafkaAdminClient(**options)
-    await admin.start()
-    try:
-        await wait_for_leaders(admin, topics, timeout_s)
-    finally:
-        await admin.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +75,13 @@ class StartWithinRetention(ConsumerRebalanceListener):  # type: ignore[misc]
         # the start is chosen (a seek drops whatever it holds).
         consumer.pause(*assigned)
         cutoff_ms = int((self._clock() - self._retention_days * 86400) * 1000)
-        starts = await _retrying(lambda: self._starts(consumer, sorted(assigned), cutoff_ms))
+        # Until Kafka answers: resuming the partitions before their start is known would let
+        # the fetcher read them from their beginning.
+        starts = await retrying(
+            lambda: self._starts(consumer, sorted(assigned), cutoff_ms),
+            what="choosing start offsets",
+            worth_it=lambda error: isinstance(error, KafkaError),
+        )
         for tp, start in starts.items():
             consumer.seek(tp, start.offset)
             self._log(tp, start, cutoff_ms)
@@ -211,16 +145,3 @@ class StartWithinRetention(ConsumerRebalanceListener):  # type: ignore[misc]
                 start.offset,
                 cutoff,
             )
-
-
-async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
-    """Until Kafka answers: resuming the partitions before their start is known would let
-    the fetcher read them from their beginning."""
-    delay = _POLL_S
-    while True:
-        try:
-            return await attempt()
-        except KafkaError as error:
-            log.warning("choosing start offsets failed, retrying in %.1fs: %r", delay, error)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_S)

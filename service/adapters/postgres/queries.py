@@ -7,8 +7,8 @@ import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from service.adapters.command_store import GROUP_COLUMNS, group_from_row
-from service.adapters.db import Pool
+from service.adapters.postgres.command_store import GROUP_COLUMNS, group_from_row
+from service.adapters.postgres.db import Pool
 from service.domain.commands import GROUP_ID
 from service.domain.model import Group
 

@@ -1,0 +1,1 @@
+"""The HTTP server: the customer-groups API, health, metrics and docs."""

@@ -1,0 +1,80 @@
+"""What a route needs from its request: the caller's organization, checked ids and headers."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.bootstrap import Container
+from service.domain.commands import (
+    GROUP_ID,
+)
+from service.domain.errors import GroupNotFound, InvalidCommand
+from service.entrypoints.http.errors import (
+    ApiError,
+)
+from service.entrypoints.http.schemas import (
+    Text,
+)
+
+_VERSION_TAG = re.compile(r'(?:W/)?"?([0-9]{1,9})"?')
+
+
+_bearer = HTTPBearer(auto_error=False, description="A token configured in API_TOKENS")
+
+
+def container_of(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+def organization(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The token's organization; every token is compared, each in constant time."""
+    if credentials is not None:
+        presented = credentials.credentials.encode()
+        found: str | None = None
+        for token, organization_id in container_of(request).settings.token_organizations.items():
+            if hmac.compare_digest(presented, token.encode()):
+                found = organization_id
+        if found is not None:
+            return found
+    raise ApiError(401, "Unauthorized", "A valid bearer token is required")
+
+
+Organization = Annotated[str, Depends(organization)]
+
+
+GroupId = Annotated[Text, Path(description="The group's id, `grp_...`")]
+
+
+IdempotencyKey = Annotated[
+    Text | None,
+    Header(description="Becomes the command_id: a retry with the same key gets the first result."),
+]
+
+
+IfMatch = Annotated[
+    Text | None, Header(description='The version the group must have, as its ETag: "3"')
+]
+
+
+def expected_version(if_match: str | None) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    match = _VERSION_TAG.fullmatch(if_match.strip())
+    if match is None:
+        raise ApiError(422, InvalidCommand.error, 'If-Match must be a group version, e.g. "3"')
+    return int(match.group(1))
+
+
+def checked_group_id(group_id: str) -> str:
+    if not GROUP_ID.fullmatch(group_id):
+        raise ApiError.of(GroupNotFound(group_id))
+    return group_id

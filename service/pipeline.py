@@ -1,0 +1,301 @@
+"""The command pipeline: batches of records applied in lanes, their results and dead letters
+sent, their offsets committed in order once Kafka has the results.
+
+A crash at any point before a commit means redelivery, which the processed-commands table
+makes harmless."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeAlias, TypeVar
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from service.adapters.kafka import Record
+from service.adapters.kafka.results import CommandPublisher, DeadLetter, Reply
+from service.domain.errors import InvalidCommand
+from service.domain.ports import CommandStore
+from service.domain.results import CommandResult
+from service.handlers import Incoming, apply_commands
+from service.lanes import LaneOrder, LaneStopped, split_lanes
+from service.observability import Health, Metrics, RateLimitedLog
+from service.parsing import Invalid, WireHeaders, parse_command, read_headers
+from service.retry import retrying
+
+log = logging.getLogger(__name__)
+
+
+Commit: TypeAlias = Callable[[dict[TopicPartition, int]], Awaitable[None]]
+
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A batch applied in PostgreSQL, with what remains to be sent to Kafka."""
+
+    started: float
+    replies: list[Reply | None]
+    dead: list[DeadLetter]
+
+
+MISROUTED_LOG_EVERY_S = 60.0
+
+
+Applied: TypeAlias = CommandResult | Exception
+
+
+class CommandConsumer:
+    def __init__(
+        self,
+        store: CommandStore,
+        publisher: CommandPublisher,
+        metrics: Metrics,
+        max_bytes: int,
+        *,
+        retry_max_s: float = 5.0,
+        lanes: int = 1,
+        own_topics: frozenset[str] = frozenset(),
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._metrics = metrics
+        self._max_bytes = max_bytes
+        self._retry_max_s = retry_max_s
+        self._lanes = lanes
+        self._order = LaneOrder(lanes)
+        self._own_topics = own_topics
+        self._misrouted = RateLimitedLog(log, MISROUTED_LOG_EVERY_S)
+        self.on_committed: list[asyncio.Event] = []
+
+    async def handle_records(self, records: Sequence[Record]) -> None:
+        """Apply a batch and send its results."""
+        await (await self.apply_records(records))
+
+    async def apply_records(self, records: Sequence[Record]) -> Awaitable[None]:
+        """Apply a batch in order and return what sends its results."""
+        try:
+            outcome = await self._apply(records)
+        except LaneStopped:
+            raise
+        except Exception as error:
+            await self._isolate(records, error)
+            return asyncio.sleep(0)
+        return self._deliver(records, outcome)
+
+    async def _retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
+        return await retrying(
+            operation,
+            what="a command batch",
+            on_retry=lambda _: self._metrics.transient_errors.inc(),
+            max_s=self._retry_max_s,
+        )
+
+    async def _apply(self, records: Sequence[Record]) -> Outcome:
+        outcome = Outcome(asyncio.get_running_loop().time(), [None] * len(records), [])
+        incoming: list[tuple[int, Incoming]] = []
+        wire = [read_headers(r, self._own_topics, self._metrics.count_refused) for r in records]
+        for position, record in enumerate(records):
+            parsed = parse_command(record.value, self._max_bytes)
+            if not isinstance(parsed, Invalid):
+                self._check_key(record, parsed.organization_id)
+                incoming.append((position, Incoming(parsed, wire[position].traceparent)))
+                continue
+            if parsed.malformed:
+                outcome.dead.append(DeadLetter(record, parsed.reason, parsed.details))
+            if parsed.command_id and parsed.organization_id:
+                result = CommandResult.rejected(
+                    parsed.command_id, parsed.organization_id, InvalidCommand(parsed.details)
+                )
+                outcome.replies[position] = _reply(wire[position], result)
+                self._metrics.count_command("invalid", result)
+        if incoming:
+            parts = split_lanes(incoming, self._lanes)
+            applied = await asyncio.gather(
+                *(
+                    self._order.schedule(
+                        p.lanes, partial(self._apply_part, [i for _, i in p.entries])
+                    )
+                    for p in parts
+                )
+            )
+            for part, results in zip(parts, applied, strict=True):
+                for (position, item), done in zip(part.entries, results, strict=True):
+                    if isinstance(done, Exception):
+                        letter = DeadLetter(records[position], "processing_failed", repr(done))
+                        outcome.dead.append(letter)
+                        continue
+                    outcome.replies[position] = _reply(wire[position], done)
+                    self._metrics.count_command(item.command.type, done)
+            # Dead letters go out in their records' order, whichever lane failed them.
+            outcome.dead.sort(key=lambda d: (d.record.partition, d.record.offset))
+        return outcome
+
+    async def _apply_part(self, items: Sequence[Incoming]) -> list[Applied]:
+        """Commit a part's commands: their results, in order, or for a command that fails
+        for good, why. Transient failures are retried for as long as it takes. Any other is
+        a bug that one command triggers: the part is retried one command at a time, so that
+        command alone fails and the partition moves on."""
+        try:
+            results: list[Applied] = list(
+                await self._retrying(lambda: apply_commands(self._store, items))
+            )
+        except Exception as error:
+            if len(items) > 1:
+                return [result for item in items for result in await self._apply_part([item])]
+            log.error("dead-lettering a command that failed: %r", error, exc_info=error)
+            return [error]
+        for event in self.on_committed:
+            event.set()
+        return results
+
+    async def _deliver(self, records: Sequence[Record], outcome: Outcome) -> None:
+        replies = [reply for reply in outcome.replies if reply is not None]
+        try:
+            await self._retrying(lambda: self._publisher.send(replies, outcome.dead))
+        except Exception as error:
+            if len(records) > 1:
+                await self._isolate(records, error)
+                return
+            await self._send_stand_ins(replies, outcome.dead, error)
+        self._metrics.dead_letters.inc(len(outcome.dead))
+        self._metrics.batch_seconds.observe(asyncio.get_running_loop().time() - outcome.started)
+
+    async def _send_stand_ins(
+        self, replies: Sequence[Reply], dead: Sequence[DeadLetter], error: Exception
+    ) -> None:
+        """Kafka refused one record's result or dead letter for good: small stand-ins go
+        instead (the outcome without its group, no copied headers; a dead letter without the
+        command's bytes), and if even those are refused the line goes on without them."""
+        why = f"Kafka refused it: {type(error).__name__}"
+        stand_ins = [Reply(r.result.not_sendable(why)) for r in replies]
+        bare = [dataclasses.replace(d, bare=True) for d in dead]
+        try:
+            await self._retrying(lambda: self._publisher.send(stand_ins, bare))
+        except Exception as refused:
+            log.error("a result was not sendable, nor its stand-in: %r", refused)
+            self._metrics.results_not_sendable.labels("stand_in").inc()
+            return
+        self._metrics.results_not_sendable.labels("result").inc(len(replies))
+        self._metrics.dead_letters.inc(len(bare))
+
+    async def _isolate(self, records: Sequence[Record], error: Exception) -> None:
+        if len(records) > 1:
+            for record in records:
+                await self.handle_records([record])
+            return
+        log.error("dead-lettering a command that failed: %r", error, exc_info=error)
+        letter = DeadLetter(records[0], "processing_failed", repr(error))
+        try:
+            await self._retrying(lambda: self._publisher.send([], [letter]))
+        except Exception as refused:
+            # Kafka refuses even the dead letter for good: the line goes on without it.
+            log.error("dead letter not sendable, the command is skipped: %r", refused)
+            self._metrics.results_not_sendable.labels("dead_letter").inc()
+            return
+        self._metrics.dead_letters.inc()
+
+    def _check_key(self, record: Record, organization_id: str) -> None:
+        """Applied all the same: the command is valid, only its order with the
+        organization's other commands is not guaranteed, which the producer should hear of."""
+        if record.key is not None and record.key == organization_id.encode():
+            return
+        self._metrics.misrouted_commands.inc()
+        self._misrouted.warning(
+            "commands keyed other than by their organization_id lose per-organization order;"
+            " e.g. partition %d offset %d",
+            record.partition,
+            record.offset,
+        )
+
+
+def _reply(wire: WireHeaders, result: CommandResult) -> Reply:
+    return Reply(result, wire.reply_to, wire.correlation_id)
+
+
+class Pipeline:
+    """Keeps up to `depth` batches in flight: a batch's lanes start as soon as the same lanes
+    of the batch before are done, and its Kafka acknowledgements and offset commit overlap
+    the batches after it. Offsets are still committed only once a batch's results are
+    acknowledged, and in batch order."""
+
+    def __init__(
+        self,
+        consumer: CommandConsumer,
+        depth: int = 2,
+        health: Health | None = None,
+        on_stopped: Callable[[BaseException], None] = lambda _: None,
+    ) -> None:
+        self._consumer = consumer
+        self._depth = depth
+        self.health = health or Health()
+        self._on_stopped = on_stopped
+        self._pending: deque[asyncio.Task[None]] = deque()
+        self._failure: BaseException | None = None
+
+    async def feed(self, records: Sequence[Record], commit: Commit) -> None:
+        while len(self._pending) >= self._depth:
+            await asyncio.wait({self._pending[0]})
+        if self._failure is not None:
+            # Nothing fetched after a failed batch may be committed, or that batch is lost.
+            raise RuntimeError("the command pipeline stopped; restart the service") from (
+                self._failure
+            )
+        applied = asyncio.create_task(self._consumer.apply_records(records))
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
+        previous = self._pending[-1] if self._pending else None
+        task = asyncio.create_task(self._finish(applied, previous, commit, offsets))
+        self._pending.append(task)
+        task.add_done_callback(self._pending.remove)
+
+    async def _finish(
+        self,
+        applied: asyncio.Task[Awaitable[None]],
+        previous: asyncio.Task[None] | None,
+        commit: Commit,
+        offsets: dict[TopicPartition, int],
+    ) -> None:
+        try:
+            await (await applied)
+        except Exception as error:
+            log.critical("a batch's results were not sent; the service stops", exc_info=error)
+            if self._failure is None:
+                self._failure = error
+                self.health.degraded("pipeline", f"stopped: {error!r}")
+                # Its partitions must go to an instance that can go on: the process exits
+                # (non-zero), and what was not committed is redelivered.
+                self._on_stopped(error)
+        if previous is not None:
+            await previous
+        if self._failure is not None:
+            # Committing these offsets, or any later ones, would skip a batch whose results
+            # were never sent; they stay uncommitted, and a restart redelivers them.
+            return
+        try:
+            await commit(offsets)
+        except KafkaError as error:
+            # The partition moved to another consumer (or Kafka is away); whoever reads it
+            # next gets these records again, and their stored results are sent again.
+            log.warning("offsets not committed, the records will be redelivered: %r", error)
+
+    async def drain(self, wait_s: float) -> None:
+        """Let the batches in flight finish for up to `wait_s`, then stop the rest: a commit
+        whose consumer has stopped never returns. What they did not commit comes again, and
+        its stored results are sent again."""
+        if not self._pending:
+            return
+        _, late = await asyncio.wait(list(self._pending), timeout=wait_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)

@@ -1,0 +1,44 @@
+"""`customer-groups bench`'s arguments become the run's options, and nothing else does."""
+
+from __future__ import annotations
+
+import argparse
+
+from service.bench.options import BenchOptions
+from service.entrypoints.bench import options_from, register
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["bench", *argv])
+
+
+def test_options_not_given_keep_their_defaults() -> None:
+    assert options_from(_parse()) == BenchOptions()
+    assert options_from(_parse("--smoke")) == BenchOptions.smoke()
+    assert options_from(_parse("--smoke", "--commands", "40")) == BenchOptions.smoke(commands=40)
+
+
+def test_every_option_given_reaches_the_run() -> None:
+    args = _parse(
+        *("--commands", "5", "--organizations", "6", "--rate", "7", "--latency-seconds", "1.5"),
+        *("--relay-backlog", "8", "--preload", "9", "--baseline-seconds", "2.5"),
+        *("--instances", "3", "--relay-process", "--external", "--keep", "--json"),
+        *("--skip", "relay", "--skip", "latency"),
+    )
+
+    assert options_from(args) == BenchOptions(
+        commands=5,
+        organizations=6,
+        rate=7,
+        latency_seconds=1.5,
+        relay_backlog=8,
+        preload=9,
+        baseline_seconds=2.5,
+        instances=3,
+        relay_process=True,
+        external=True,
+        keep=True,
+        skip=frozenset({"relay", "latency"}),
+    )
