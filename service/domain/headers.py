@@ -89,7 +89,9 @@ def valid_traceparent(value: str) -> bool:
     if version == "00":
         return len(value) == match.end()
     rest = value[match.end() :]
-    return not rest or _LATER_FIELDS.fullmatch(rest) is not None
+    return len(value) <= _TRACEPARENT_MAX and (
+        not rest or _LATER_FIELDS.fullmatch(rest) is not None
+    )
 
 
 def tracestate(raw: bytes) -> str | Refused:

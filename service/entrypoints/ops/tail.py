@@ -12,6 +12,7 @@ from service.config import Settings
 from service.entrypoints.ops.cli import (
     Subparsers,
     at_least,
+    emit,
     handler,
     say,
 )
@@ -44,7 +45,7 @@ def register(subparsers: Subparsers) -> None:
 
 
 async def _tail(args: argparse.Namespace, settings: Settings) -> int:
-    def emit(record: Record) -> None:
+    def show(record: Record) -> None:
         if args.json:
             emit(tail.as_json(record))
         else:
@@ -60,7 +61,7 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
     await tail.tail(
         settings,
         args.topic,
-        emit,
+        show,
         from_beginning=args.from_beginning,
         limit=args.limit,
         idle_timeout=args.timeout,
