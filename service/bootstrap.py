@@ -24,6 +24,7 @@ from service.adapters.kafka.results import CommandPublisher
 from service.adapters.kafka.topics import ensure_topics, wait_for_topics
 from service.adapters.postgres.command_store import CommandStore
 from service.adapters.postgres.db import Pool, create_pool, migrate
+from service.adapters.postgres.members import MemberPurger
 from service.adapters.postgres.outbox_store import PostgresOutbox
 from service.config import Settings
 from service.entrypoints.asyncapi import document_topics
@@ -149,7 +150,9 @@ async def lifespan(
                 consumer.on_committed.append(relay.wakeup)
                 container.relay = relay
                 container.tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
-                pruner = Pruner(PostgresOutbox(pool), settings, container.metrics)
+                pruner = Pruner(
+                    PostgresOutbox(pool), settings, container.metrics, MemberPurger(pool)
+                )
                 container.tasks.append(asyncio.create_task(pruner.run(), name="pruner"))
             log.info("customer-groups ready (roles: %s)", ", ".join(sorted(roles)))
             yield container

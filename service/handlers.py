@@ -8,9 +8,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.domain.commands import CreateGroup, DeleteGroup, UpdateGroup
+from service.domain.commands import (
+    AddCustomers,
+    CreateGroup,
+    DeleteGroup,
+    RemoveCustomers,
+    UpdateGroup,
+)
 from service.domain.errors import BatchConflict, GroupNotFound, Rejected
-from service.domain.events import GroupCreated, GroupDeleted, GroupUpdated
+from service.domain.events import (
+    CustomersAdded,
+    CustomersRemoved,
+    GroupCreated,
+    GroupDeleted,
+    GroupUpdated,
+)
 from service.domain.model import Group, new_group_id
 from service.domain.ports import AnyCommand, CommandStore, UnitOfWork
 from service.domain.results import CommandResult
@@ -52,6 +64,26 @@ async def delete_group(command: DeleteGroup, uow: UnitOfWork, now: Clock) -> Com
     return result
 
 
+async def add_customers(command: AddCustomers, uow: UnitOfWork, now: Clock) -> CommandResult:
+    async with uow:
+        if (earlier := await uow.processed.earlier_result(command)) is not None:
+            return earlier
+        result = await _decided(command, _add_customers(command, uow, now))
+        uow.processed.add(command, result)
+        await uow.commit()
+    return result
+
+
+async def remove_customers(command: RemoveCustomers, uow: UnitOfWork, now: Clock) -> CommandResult:
+    async with uow:
+        if (earlier := await uow.processed.earlier_result(command)) is not None:
+            return earlier
+        result = await _decided(command, _remove_customers(command, uow, now))
+        uow.processed.add(command, result)
+        await uow.commit()
+    return result
+
+
 async def _create(command: CreateGroup, uow: UnitOfWork, now: Clock) -> CommandResult:
     group = Group.create(command, command.group_id or new_group_id(), now())
     await uow.groups.add(group)
@@ -72,8 +104,40 @@ async def _delete(command: DeleteGroup, uow: UnitOfWork, now: Clock) -> CommandR
     group = await _live_group(uow, command)
     deleted = group.delete(command, now())
     await uow.groups.save(deleted)
+    if deleted.customer_count:
+        uow.members.purge(deleted)
     uow.outbox.add(GroupDeleted(deleted))
     return CommandResult.accepted(command.command_id, 200, deleted)
+
+
+async def _add_customers(command: AddCustomers, uow: UnitOfWork, now: Clock) -> CommandResult:
+    group = await _live_group(uow, command)
+    group.check_version(command.expected_version)
+    wanted = command.unique_customer_ids()
+    members = await uow.members.members(group, wanted)
+    added = [c for c in wanted if c not in members]
+    if added:
+        group = group.with_customers(len(added), now())
+        await uow.groups.save(group)
+        uow.members.add(group, added, group.updated_at)
+        uow.outbox.add(CustomersAdded(group, tuple(added)))
+    counts = {"changed": len(added), "unchanged": len(wanted) - len(added)}
+    return CommandResult.accepted(command.command_id, 200, group, counts)
+
+
+async def _remove_customers(command: RemoveCustomers, uow: UnitOfWork, now: Clock) -> CommandResult:
+    group = await _live_group(uow, command)
+    group.check_version(command.expected_version)
+    wanted = command.unique_customer_ids()
+    members = await uow.members.members(group, wanted)
+    removed = [c for c in wanted if c in members]
+    if removed:
+        group = group.with_customers(-len(removed), now())
+        await uow.groups.save(group)
+        uow.members.remove(group, removed)
+        uow.outbox.add(CustomersRemoved(group, tuple(removed)))
+    counts = {"changed": len(removed), "unchanged": len(wanted) - len(removed)}
+    return CommandResult.accepted(command.command_id, 200, group, counts)
 
 
 async def _decided(command: AnyCommand, change: Awaitable[CommandResult]) -> CommandResult:
@@ -84,7 +148,9 @@ async def _decided(command: AnyCommand, change: Awaitable[CommandResult]) -> Com
         return CommandResult.rejected(command.command_id, command.organization_id, reason)
 
 
-async def _live_group(uow: UnitOfWork, command: UpdateGroup | DeleteGroup) -> Group:
+async def _live_group(
+    uow: UnitOfWork, command: UpdateGroup | DeleteGroup | AddCustomers | RemoveCustomers
+) -> Group:
     group = await uow.groups.get(command.organization_id, command.group_id)
     if group is None or not group.is_live:
         raise GroupNotFound(command.group_id)
@@ -97,6 +163,8 @@ HANDLERS: dict[type[AnyCommand], Handler] = {
     CreateGroup: create_group,
     UpdateGroup: update_group,
     DeleteGroup: delete_group,
+    AddCustomers: add_customers,
+    RemoveCustomers: remove_customers,
 }
 
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
+from service.domain.commands import weight
 from service.handlers import Incoming
 
 T = TypeVar("T")
@@ -73,3 +74,18 @@ class LaneOrder:
         if any(task.cancelled() or task.exception() is not None for task in earlier):
             raise LaneStopped("an earlier batch in this lane did not finish")
         return await work()
+
+
+def by_weight(items: Sequence[Incoming], limit: int) -> list[list[Incoming]]:
+    """Consecutive runs of commands weighing at most `limit` each (a heavier command alone),
+    so that no transaction loads or writes more rows than that."""
+    runs: list[list[Incoming]] = [[]]
+    total = 0
+    for item in items:
+        cost = weight(item.command)
+        if runs[-1] and total + cost > limit:
+            runs.append([])
+            total = 0
+        runs[-1].append(item)
+        total += cost
+    return runs

@@ -24,7 +24,7 @@ from service.domain.errors import InvalidCommand
 from service.domain.ports import CommandStore
 from service.domain.results import CommandResult
 from service.handlers import Incoming, apply_commands
-from service.lanes import LaneOrder, LaneStopped, split_lanes
+from service.lanes import LaneOrder, LaneStopped, by_weight, split_lanes
 from service.observability import Health, Metrics, RateLimitedLog
 from service.parsing import Invalid, WireHeaders, parse_command, read_headers
 from service.retry import retrying
@@ -48,6 +48,9 @@ class Outcome:
 
 
 MISROUTED_LOG_EVERY_S = 60.0
+# Membership commands carry up to 1,000 customer ids each; a transaction takes commands
+# up to this many ids (or commands) so that its reads and writes stay short.
+TRANSACTION_ROWS_MAX = 20_000
 
 
 Applied: TypeAlias = CommandResult | Exception
@@ -144,6 +147,9 @@ class CommandConsumer:
         for good, why. Transient failures are retried for as long as it takes. Any other is
         a bug that one command triggers: the part is retried one command at a time, so that
         command alone fails and the partition moves on."""
+        runs = by_weight(items, TRANSACTION_ROWS_MAX)
+        if len(runs) > 1:
+            return [result for run in runs for result in await self._apply_part(run)]
         try:
             results: list[Applied] = list(
                 await self._retrying(lambda: apply_commands(self._store, items))

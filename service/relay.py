@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from service.adapters.postgres.members import MemberPurger
 from service.adapters.postgres.outbox_store import OutboxRow, PostgresOutbox, Term
 from service.config import Settings
 from service.observability import Health, Metrics
@@ -275,10 +276,18 @@ class OutboxRelay:
 
 
 class Pruner:
-    """Deletes published outbox rows and processed-command records past their retention."""
+    """Deletes published outbox rows and processed-command records past their retention,
+    and the member rows of deleted groups."""
 
-    def __init__(self, outbox: PostgresOutbox, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        outbox: PostgresOutbox,
+        settings: Settings,
+        metrics: Metrics,
+        members: MemberPurger | None = None,
+    ) -> None:
         self._outbox = outbox
+        self._members = members
         self._settings = settings
         self._metrics = metrics
 
@@ -286,6 +295,8 @@ class Pruner:
         while True:
             try:
                 await self.prune_once()
+                if self._members is not None:
+                    await self._members.purge(self._settings.prune_batch_size)
                 self._metrics.observe_backlog(await self._outbox.backlog())
             except Exception as error:
                 log.warning("pruning skipped: %r", error)

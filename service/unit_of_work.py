@@ -4,6 +4,7 @@ it, in order, exactly as if each had its own transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -44,6 +45,26 @@ class Staging:
     changed: dict[str, Group] = field(default_factory=dict)
     outbox: list[OutboxRecord] = field(default_factory=list)
     records: list[tuple[AnyCommand, Processed]] = field(default_factory=list)
+    # Memberships the batch's commands name, (group id, customer id) -> when added; those
+    # loaded as members, then as the batch's commands leave them.
+    loaded_members: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    members: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    purged: list[Group] = field(default_factory=list)
+
+    def member_changes(
+        self,
+    ) -> tuple[list[tuple[Group, str, datetime]], list[tuple[Group, str]]]:
+        """(added, removed) against what was loaded: a customer removed and added back in
+        one batch keeps its row, and the time it was first added."""
+        added = [
+            (self.groups[g], c, at)
+            for (g, c), at in self.members.items()
+            if (g, c) not in self.loaded_members
+        ]
+        removed = [
+            (self.groups[g], c) for (g, c) in self.loaded_members if (g, c) not in self.members
+        ]
+        return added, removed
 
     def remember(self, group: Group, *, holds_name: bool = True) -> None:
         """`holds_name` is false for a live group whose name another group holds (one that
@@ -72,6 +93,12 @@ class Staging:
                 self.new_ids.add(group.id)
             self.remember(group)
             self.changed[group.id] = group
+        for group, customer_ids, added_at in uow.members.added:
+            self.members.update(((group.id, c), added_at) for c in customer_ids)
+        for group, customer_ids in uow.members.removed:
+            for customer_id in customer_ids:
+                del self.members[group.id, customer_id]
+        self.purged.extend(uow.members.purged)
         self.outbox.extend(uow.outbox.pending)
         if uow.processed.pending is not None:
             command, record = uow.processed.pending
@@ -99,6 +126,27 @@ class StagedGroups:
         if group.is_live:
             self._staging.check_name_free(group)
         self.pending = group
+
+
+class StagedMemberships:
+    def __init__(self, staging: Staging) -> None:
+        self._staging = staging
+        self.added: list[tuple[Group, Sequence[str], datetime]] = []
+        self.removed: list[tuple[Group, Sequence[str]]] = []
+        self.purged: list[Group] = []
+
+    async def members(self, group: Group, customer_ids: Sequence[str]) -> set[str]:
+        members = self._staging.members
+        return {c for c in customer_ids if (group.id, c) in members}
+
+    def add(self, group: Group, customer_ids: Sequence[str], now: datetime) -> None:
+        self.added.append((group, customer_ids, now))
+
+    def remove(self, group: Group, customer_ids: Sequence[str]) -> None:
+        self.removed.append((group, customer_ids))
+
+    def purge(self, group: Group) -> None:
+        self.purged.append(group)
 
 
 class StagedOutbox:
@@ -134,6 +182,7 @@ class StagedUnitOfWork:
     def __init__(self, staging: Staging, command_id: str, traceparent: str | None) -> None:
         self._staging = staging
         self.groups = StagedGroups(staging)
+        self.members = StagedMemberships(staging)
         self.outbox = StagedOutbox(command_id, traceparent)
         self.processed = StagedProcessed(staging)
 
@@ -147,6 +196,7 @@ class StagedUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         self.groups.pending = None
+        self.members = StagedMemberships(self._staging)
         self.outbox.pending = []
         self.processed.pending = None
 

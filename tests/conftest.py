@@ -156,7 +156,9 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """A pool on a migrated, emptied database."""
     pool = await create_pool(settings, min_size=1)
     await migrate(pool)
-    await pool.execute("TRUNCATE customer_groups, outbox, processed_commands")
+    await pool.execute(
+        "TRUNCATE customer_groups, outbox, processed_commands, group_members, member_purges"
+    )
     # A relay an earlier test stopped mid-publish would make the next leader wait it out.
     await pool.execute("UPDATE relay_leader SET released = true")
     yield pool

@@ -203,4 +203,60 @@ class DeleteGroup(_Command):
     _expected_version = field_validator("expected_version")(_check_expected_version)
 
 
-Command = Annotated[CreateGroup | UpdateGroup | DeleteGroup, Field(discriminator="type")]
+CUSTOMER_IDS_MAX = 1000
+CUSTOMER_ID_MAX = 128
+_CUSTOMER_IDS_DOC = (
+    f"1-{CUSTOMER_IDS_MAX:,} customer ids, each 1-{CUSTOMER_ID_MAX} characters with no control"
+    " characters and no leading or trailing whitespace; an id repeated counts once."
+)
+
+
+def _check_customer_ids(value: list[str]) -> list[str]:
+    if not value:
+        raise rule("customer_ids must hold at least one id")
+    if len(value) > CUSTOMER_IDS_MAX:
+        raise rule(f"customer_ids must hold at most {CUSTOMER_IDS_MAX} ids")
+    for position, customer_id in enumerate(value):
+        if not 1 <= len(customer_id) <= CUSTOMER_ID_MAX:
+            raise rule(f"customer_ids[{position}] must be 1-{CUSTOMER_ID_MAX} characters")
+        if customer_id != customer_id.strip():
+            raise rule(f"customer_ids[{position}] must not start or end with whitespace")
+        if _CONTROL.search(customer_id):
+            raise rule(f"customer_ids[{position}] must not contain control characters")
+    return value
+
+
+class _ChangeCustomers(_Command):
+    group_id: ExistingGroupId
+    customer_ids: list[str] = Field(
+        description=_CUSTOMER_IDS_DOC,
+        json_schema_extra={"minItems": 1, "maxItems": CUSTOMER_IDS_MAX},
+    )
+    expected_version: int | None = _documented(_VERSION_DOC, minimum=1)
+
+    _group_id = field_validator("group_id")(_check_group_id)
+    _customer_ids = field_validator("customer_ids")(_check_customer_ids)
+    _expected_version = field_validator("expected_version")(_check_expected_version)
+
+    def unique_customer_ids(self) -> list[str]:
+        """The ids in the order given, each once."""
+        return list(dict.fromkeys(self.customer_ids))
+
+
+def weight(command: object) -> int:
+    """What a command costs a transaction, in rows: its customer ids, or one."""
+    return len(command.customer_ids) if isinstance(command, _ChangeCustomers) else 1
+
+
+class AddCustomers(_ChangeCustomers):
+    type: Literal["group.customers.add"]
+
+
+class RemoveCustomers(_ChangeCustomers):
+    type: Literal["group.customers.remove"]
+
+
+Command = Annotated[
+    CreateGroup | UpdateGroup | DeleteGroup | AddCustomers | RemoveCustomers,
+    Field(discriminator="type"),
+]

@@ -36,4 +36,24 @@ class GroupDeleted:
         return group_json(self.group)
 
 
-Event = GroupCreated | GroupUpdated | GroupDeleted
+@dataclass(frozen=True, slots=True)
+class CustomersAdded:
+    type: ClassVar[str] = "group.customers_added"
+    group: Group
+    customer_ids: tuple[str, ...]
+
+    def payload(self) -> dict[str, Any]:
+        return {**group_json(self.group), "customer_ids": list(self.customer_ids)}
+
+
+@dataclass(frozen=True, slots=True)
+class CustomersRemoved:
+    type: ClassVar[str] = "group.customers_removed"
+    group: Group
+    customer_ids: tuple[str, ...]
+
+    def payload(self) -> dict[str, Any]:
+        return {**group_json(self.group), "customer_ids": list(self.customer_ids)}
+
+
+Event = GroupCreated | GroupUpdated | GroupDeleted | CustomersAdded | CustomersRemoved

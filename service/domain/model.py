@@ -50,6 +50,9 @@ class Group:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
+    # Kept with the group in the transaction that changes its members; a deleted group
+    # keeps the count it had.
+    customer_count: int = 0
 
     @property
     def is_live(self) -> bool:
@@ -91,6 +94,15 @@ class Group:
         self.check_version(command.expected_version)
         return replace(self, version=self.version + 1, updated_at=now, deleted_at=now)
 
+    def with_customers(self, changed: int, now: datetime) -> Group:
+        """One new version for a command that added (changed > 0) or removed (< 0) members."""
+        return replace(
+            self,
+            version=self.version + 1,
+            updated_at=now,
+            customer_count=self.customer_count + changed,
+        )
+
 
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with microseconds; every time here is UTC (asyncpg returns UTC).
@@ -109,6 +121,7 @@ def group_json(group: Group) -> dict[str, Any]:
         "name": group.name,
         "description": group.description,
         "platform_id": group.platform_id,
+        "customer_count": group.customer_count,
         "version": group.version,
         "created_at": format_time(group.created_at),
         "updated_at": format_time(group.updated_at),

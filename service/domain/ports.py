@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
-from service.domain.commands import CreateGroup, DeleteGroup, UpdateGroup
+from service.domain.commands import (
+    AddCustomers,
+    CreateGroup,
+    DeleteGroup,
+    RemoveCustomers,
+    UpdateGroup,
+)
 from service.domain.errors import Rejected
 from service.domain.events import Event
 from service.domain.model import Group
 from service.domain.results import CommandResult
 
-AnyCommand = CreateGroup | UpdateGroup | DeleteGroup
+AnyCommand = CreateGroup | UpdateGroup | DeleteGroup | AddCustomers | RemoveCustomers
 
 
 class GroupRepository(Protocol):
@@ -25,6 +32,18 @@ class GroupRepository(Protocol):
 
     async def save(self, group: Group) -> None:
         """Raises GroupNameTaken."""
+
+
+class Memberships(Protocol):
+    async def members(self, group: Group, customer_ids: Sequence[str]) -> set[str]:
+        """Which of these customers are members of the group now."""
+
+    def add(self, group: Group, customer_ids: Sequence[str], now: datetime) -> None: ...
+
+    def remove(self, group: Group, customer_ids: Sequence[str]) -> None: ...
+
+    def purge(self, group: Group) -> None:
+        """A deleted group's members: gone from every read now, the rows removed later."""
 
 
 class Outbox(Protocol):
@@ -41,6 +60,9 @@ class ProcessedCommands(Protocol):
 class UnitOfWork(Protocol):
     @property
     def groups(self) -> GroupRepository: ...
+
+    @property
+    def members(self) -> Memberships: ...
 
     @property
     def outbox(self) -> Outbox: ...

@@ -18,10 +18,21 @@ class CommandResult:
     error: str | None = None
     details: Any = None
     group: dict[str, Any] | None = None
+    # Membership commands only: {"changed": n, "unchanged": m}.
+    customers: dict[str, int] | None = None
 
     @classmethod
-    def accepted(cls, command_id: str, code: int, group: Group) -> CommandResult:
-        return cls(command_id, group.organization_id, "accepted", code, group=group_json(group))
+    def accepted(
+        cls, command_id: str, code: int, group: Group, customers: dict[str, int] | None = None
+    ) -> CommandResult:
+        return cls(
+            command_id,
+            group.organization_id,
+            "accepted",
+            code,
+            group=group_json(group),
+            customers=customers,
+        )
 
     @classmethod
     def rejected(cls, command_id: str, organization_id: str, reason: Rejected) -> CommandResult:
@@ -48,6 +59,7 @@ class CommandResult:
             "error": self.error,
             "details": self.details,
             "group": self.group,
+            **({} if self.customers is None else {"customers": self.customers}),
         }
 
     @classmethod
@@ -60,4 +72,5 @@ class CommandResult:
             error=data.get("error"),
             details=data.get("details"),
             group=data.get("group"),
+            customers=data.get("customers"),
         )

@@ -25,14 +25,22 @@ from service.ops.common import (
     target_topic,
 )
 
-EVENT_TYPES = ("group.created", "group.updated", "group.deleted")
+EVENT_TYPES = (
+    "group.created",
+    "group.updated",
+    "group.deleted",
+    "group.customers_added",
+    "group.customers_removed",
+)
 
 
 def event_type(text: str) -> str:
     """`created` or `group.created`."""
     name = text if text.startswith("group.") else f"group.{text}"
     if name not in EVENT_TYPES:
-        raise ValueError(f"{text!r} is not one of created, updated, deleted")
+        raise ValueError(
+            f"{text!r} is not one of {', '.join(t.removeprefix('group.') for t in EVENT_TYPES)}"
+        )
     return name
 
 

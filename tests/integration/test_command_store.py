@@ -529,10 +529,23 @@ async def test_a_large_batch_still_probes_the_indexes(pool: asyncpg.Pool) -> Non
     plan = "\n".join(
         r[0]
         for r in await pool.fetch(
-            "EXPLAIN " + LOAD_BATCH, ["org_a"] * 500, keys, keys, ["org_a"] * 500, keys
+            "EXPLAIN " + LOAD_BATCH,
+            ["org_a"] * 500,
+            keys,
+            keys,
+            ["org_a"] * 500,
+            keys,
+            ["org_a"] * 500,
+            keys,
+            keys,
         )
     )
     # A join here would read (hash, sort, spill) whole tables as they grow.
     assert "Hash" not in plan and "Merge" not in plan and "Seq Scan" not in plan, plan
-    for index in ("processed_commands_pkey", "customer_groups_pkey", NAME_INDEX):
+    for index in (
+        "processed_commands_pkey",
+        "customer_groups_pkey",
+        NAME_INDEX,
+        "group_members",
+    ):
         assert f"Index Scan using {index}" in plan, plan

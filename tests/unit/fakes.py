@@ -50,6 +50,30 @@ def delete(group_id: str, organization_id: str = ORG, **fields: Any) -> AnyComma
     return cmd("group.delete", organization_id, group_id=group_id, **fields)
 
 
+def add_customers(
+    group_id: str, *customer_ids: str, organization_id: str = ORG, **fields: Any
+) -> AnyCommand:
+    return cmd(
+        "group.customers.add",
+        organization_id,
+        group_id=group_id,
+        customer_ids=list(customer_ids),
+        **fields,
+    )
+
+
+def remove_customers(
+    group_id: str, *customer_ids: str, organization_id: str = ORG, **fields: Any
+) -> AnyCommand:
+    return cmd(
+        "group.customers.remove",
+        organization_id,
+        group_id=group_id,
+        customer_ids=list(customer_ids),
+        **fields,
+    )
+
+
 class FakeBatch(Staging):
     async def flush(self) -> Rejected | None:
         return None
@@ -62,6 +86,7 @@ class FakeCommandStore:
         self.groups: dict[str, Group] = {}
         self.processed: dict[tuple[str, str], Processed] = {}
         self.outbox: list[OutboxRecord] = []
+        self.members: dict[tuple[str, str], datetime] = {}
         self.commits = 0
 
     @asynccontextmanager
@@ -70,7 +95,11 @@ class FakeCommandStore:
         for group in self.groups.values():
             staging.remember(group)
         staging.processed = dict(self.processed)
+        staging.loaded_members = dict(self.members)
+        staging.members = dict(self.members)
         yield staging
+        purged = {g.id for g in staging.purged}
+        self.members = {k: v for k, v in staging.members.items() if k[0] not in purged}
         self.groups.update(staging.changed)
         for command, record in staging.records:
             self.processed[command.organization_id, command.command_id] = record

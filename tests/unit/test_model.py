@@ -28,13 +28,14 @@ def test_times_are_rfc3339_utc_with_microseconds() -> None:
 
 def test_group_json_has_exactly_the_contract_fields() -> None:
     at = datetime(2026, 1, 2, tzinfo=UTC)
-    group = Group("grp_1", "org_42", "VIP", None, "p", 3, at, at, at)
+    group = Group("grp_1", "org_42", "VIP", None, "p", 3, at, at, at, customer_count=12)
     assert group_json(group) == {
         "id": "grp_1",
         "organization_id": "org_42",
         "name": "VIP",
         "description": None,
         "platform_id": "p",
+        "customer_count": 12,
         "version": 3,
         "created_at": "2026-01-02T00:00:00.000000Z",
         "updated_at": "2026-01-02T00:00:00.000000Z",

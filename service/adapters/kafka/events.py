@@ -62,6 +62,7 @@ def state_value(row: OutboxRow) -> bytes | None:
         return row.payload.encode()
     group = orjson.loads(row.payload)
     group.pop("previous", None)
+    group.pop("customer_ids", None)
     return orjson.dumps(group)
 
 

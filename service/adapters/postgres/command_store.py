@@ -13,7 +13,7 @@ import orjson
 
 from service.adapters.postgres import locks
 from service.adapters.postgres.db import Connection, Pool
-from service.domain.commands import DeleteGroup
+from service.domain.commands import AddCustomers, CreateGroup, RemoveCustomers, UpdateGroup
 from service.domain.errors import BatchConflict, GroupAlreadyExists, GroupNameTaken, Rejected
 from service.domain.model import Group, name_key
 from service.domain.ports import AnyCommand
@@ -22,7 +22,7 @@ from service.unit_of_work import Processed, Staging
 
 GROUP_COLUMNS = (
     "id, organization_id, name, description, platform_id, version,"
-    " created_at, updated_at, deleted_at"
+    " created_at, updated_at, deleted_at, customer_count"
 )
 
 # Every writer of an organization's groups takes this lock first, so two consumers that
@@ -69,24 +69,27 @@ SELECT p.organization_id, p.command_id, p.fingerprint, p.result::text AS result
 
 _GROUP_FIELDS = (
     "g.id, g.name, g.description, g.platform_id, g.version, g.created_at, g.updated_at,"
-    " g.deleted_at"
+    " g.deleted_at, g.customer_count"
 )
 
-# Everything a batch reads, in one round trip: its commands' earlier results, then the
-# groups they name by id, then the live groups holding the names they ask for.
+# Everything a batch reads, in one round trip: its commands' earlier results, the groups
+# they name by id, the live groups holding the names they ask for, and which of the
+# customers their membership commands name are members.
+_NO_GROUP = (
+    "NULL AS id, NULL AS name, NULL AS description, NULL AS platform_id,"
+    " NULL::int AS version, NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,"
+    " NULL::timestamptz AS deleted_at, NULL::int AS customer_count, NULL AS name_key"
+)
 LOAD_BATCH = f"""
 SELECT p.organization_id, p.command_id, p.fingerprint, p.result::text AS result,
-       NULL AS id, NULL AS name, NULL AS description, NULL AS platform_id,
-       NULL::int AS version, NULL::timestamptz AS created_at,
-       NULL::timestamptz AS updated_at, NULL::timestamptz AS deleted_at,
-       NULL AS name_key
+       {_NO_GROUP}, NULL AS member_group, NULL AS customer_id, NULL::timestamptz AS added_at
 {_PROCESSED_BY_KEY}
 UNION ALL
-SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}, g.name_key
+SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}, g.name_key, NULL, NULL, NULL
 FROM unnest($3::text[]) AS k(id)
 CROSS JOIN LATERAL (SELECT * FROM customer_groups AS g WHERE g.id = k.id LIMIT 1) AS g
 UNION ALL
-SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}, g.name_key
+SELECT g.organization_id, NULL, NULL, NULL, {_GROUP_FIELDS}, g.name_key, NULL, NULL, NULL
 FROM unnest($4::text[], $5::text[]) AS k(organization_id, name_key)
 CROSS JOIN LATERAL (
     SELECT * FROM customer_groups AS g
@@ -94,6 +97,15 @@ CROSS JOIN LATERAL (
       AND g.deleted_at IS NULL
     LIMIT 1
 ) AS g
+UNION ALL
+SELECT m.organization_id, NULL, NULL, NULL, {_NO_GROUP}, m.group_id, m.customer_id, m.added_at
+FROM unnest($6::text[], $7::text[], $8::text[]) AS k(organization_id, group_id, customer_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM group_members AS m
+    WHERE m.organization_id = k.organization_id AND m.group_id = k.group_id
+      AND m.customer_id = k.customer_id
+    LIMIT 1
+) AS m
 """
 
 # Everything a batch writes, in one round trip. The parts share one snapshot and none
@@ -101,30 +113,49 @@ CROSS JOIN LATERAL (
 # taken in one batch), the batch is retried one command at a time. unnest yields rows in
 # array order, so outbox ids follow the order the changes were made. The update's `= ANY`
 # gives the planner an index condition: with the join's alone it hashed a scan of the whole
-# table, whose cost grew with it.
+# table, whose cost grew with it. Members are removed by probing their key, for the same
+# reason.
 WRITE_BATCH = f"""
 WITH updated AS (
     UPDATE customer_groups AS g
     SET name = u.name, name_key = u.name_key, description = u.description,
         platform_id = u.platform_id, version = u.version, updated_at = u.updated_at,
-        deleted_at = u.deleted_at
+        deleted_at = u.deleted_at, customer_count = u.customer_count
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-                $7::timestamptz[], $8::timestamptz[])
-         AS u(id, name, name_key, description, platform_id, version, updated_at, deleted_at)
+                $7::timestamptz[], $8::timestamptz[], $9::int[])
+         AS u(id, name, name_key, description, platform_id, version, updated_at, deleted_at,
+              customer_count)
     WHERE g.id = u.id AND g.id = ANY($1::text[])
 ), inserted AS (
     INSERT INTO customer_groups ({GROUP_COLUMNS}, name_key)
-    SELECT * FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                         $14::int[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
-                         $18::text[])
+    SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                         $15::int[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[],
+                         $19::int[], $20::text[])
 ), events AS (
     INSERT INTO outbox (event_type, organization_id, group_id, group_version, command_id,
                         traceparent, payload, occurred_at)
-    SELECT * FROM unnest($19::text[], $20::text[], $21::text[], $22::int[], $23::text[],
-                         $24::text[], $25::json[], $26::timestamptz[])
+    SELECT * FROM unnest($21::text[], $22::text[], $23::text[], $24::int[], $25::text[],
+                         $26::text[], $27::json[], $28::timestamptz[])
+), members_added AS (
+    INSERT INTO group_members (organization_id, group_id, customer_id, added_at)
+    SELECT * FROM unnest($33::text[], $34::text[], $35::text[], $36::timestamptz[])
+), members_removed AS (
+    DELETE FROM group_members WHERE ctid = ANY(ARRAY(
+        SELECT m.ctid
+        FROM unnest($37::text[], $38::text[], $39::text[]) AS k(organization_id, group_id,
+                                                                 customer_id)
+        CROSS JOIN LATERAL (
+            SELECT ctid FROM group_members AS m
+            WHERE m.organization_id = k.organization_id AND m.group_id = k.group_id
+              AND m.customer_id = k.customer_id
+            LIMIT 1
+        ) AS m))
+), purges AS (
+    INSERT INTO member_purges (organization_id, group_id)
+    SELECT * FROM unnest($40::text[], $41::text[])
 )
 INSERT INTO processed_commands (organization_id, command_id, fingerprint, result)
-SELECT * FROM unnest($27::text[], $28::text[], $29::text[], $30::json[])
+SELECT * FROM unnest($29::text[], $30::text[], $31::text[], $32::json[])
 """
 
 NAME_INDEX = "customer_groups_live_name_key"
@@ -142,6 +173,7 @@ def group_from_row(row: asyncpg.Record) -> Group:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         deleted_at=row["deleted_at"],
+        customer_count=row["customer_count"],
     )
 
 
@@ -164,7 +196,13 @@ class PostgresBatch(Staging):
         named = [
             (c.organization_id, name_key(c.name))
             for c in commands
-            if not isinstance(c, DeleteGroup) and c.name is not None
+            if isinstance(c, CreateGroup | UpdateGroup) and c.name is not None
+        ]
+        asked = [
+            (c.organization_id, c.group_id, customer_id)
+            for c in commands
+            if isinstance(c, AddCustomers | RemoveCustomers)
+            for customer_id in c.customer_ids
         ]
         rows = await self._conn.fetch(
             LOAD_BATCH,
@@ -173,8 +211,14 @@ class PostgresBatch(Staging):
             [c.group_id for c in commands if c.group_id is not None],
             [organization for organization, _ in named],
             [name for _, name in named],
+            [organization for organization, _, _ in asked],
+            [group for _, group, _ in asked],
+            [customer for _, _, customer in asked],
         )
         for row in rows:
+            if row["customer_id"] is not None:
+                self.loaded_members[row["member_group"], row["customer_id"]] = row["added_at"]
+                continue
             if row["id"] is not None:
                 group = group_from_row(row)
                 self.remember(group, holds_name=row["name_key"] == name_key(group.name))
@@ -182,6 +226,7 @@ class PostgresBatch(Staging):
             result = CommandResult.from_json(row["organization_id"], orjson.loads(row["result"]))
             key = (row["organization_id"], row["command_id"])
             self.processed[key] = Processed(row["fingerprint"], result)
+        self.members = dict(self.loaded_members)
 
     async def flush(self) -> Rejected | None:
         """Write what the batch changed; the caller's transaction commits it.
@@ -210,6 +255,7 @@ class PostgresBatch(Staging):
         updated = [g for g in changed if g.id not in self.new_ids]
         inserted = [g for g in changed if g.id in self.new_ids]
         events = [r.event for r in self.outbox]
+        added, removed = self.member_changes()
         await self._conn.execute(
             WRITE_BATCH,
             [g.id for g in updated],
@@ -220,6 +266,7 @@ class PostgresBatch(Staging):
             [g.version for g in updated],
             [g.updated_at for g in updated],
             [g.deleted_at for g in updated],
+            [g.customer_count for g in updated],
             [g.id for g in inserted],
             [g.organization_id for g in inserted],
             [g.name for g in inserted],
@@ -229,6 +276,7 @@ class PostgresBatch(Staging):
             [g.created_at for g in inserted],
             [g.updated_at for g in inserted],
             [g.deleted_at for g in inserted],
+            [g.customer_count for g in inserted],
             [name_key(g.name) for g in inserted],
             [e.type for e in events],
             [e.group.organization_id for e in events],
@@ -242,6 +290,15 @@ class PostgresBatch(Staging):
             [c.command_id for c, _ in self.records],
             [p.fingerprint for _, p in self.records],
             [_json(p.result.to_json()) for _, p in self.records],
+            [g.organization_id for g, _, _ in added],
+            [g.id for g, _, _ in added],
+            [c for _, c, _ in added],
+            [at for _, _, at in added],
+            [g.organization_id for g, _ in removed],
+            [g.id for g, _ in removed],
+            [c for _, c in removed],
+            [g.organization_id for g in self.purged],
+            [g.id for g in self.purged],
         )
 
     def reject_all(self, reason: Rejected) -> None:
@@ -249,6 +306,8 @@ class PostgresBatch(Staging):
         self.changed.clear()
         self.new_ids.clear()
         self.outbox.clear()
+        self.members = dict(self.loaded_members)
+        self.purged.clear()
         self.records = [
             (c, Processed(p.fingerprint, _rejected(c, reason))) for c, p in self.records
         ]

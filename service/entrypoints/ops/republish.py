@@ -46,7 +46,8 @@ def register(subparsers: Subparsers) -> None:
         type=event_type_arg,
         action="append",
         default=[],
-        help="created, updated or deleted, or group.created, ... (repeatable)",
+        help="created, updated, deleted, customers_added or customers_removed, or"
+        " group.created, ... (repeatable)",
     )
     parser.add_argument(
         "--since", type=time_arg, help=f"events that occurred at or after: {TIME_HELP}"
