@@ -35,50 +35,38 @@ def utc_now() -> datetime:
 
 
 async def create_group(command: CreateGroup, uow: UnitOfWork, now: Clock) -> CommandResult:
-    async with uow:
-        if (earlier := await uow.processed.earlier_result(command)) is not None:
-            return earlier
-        result = await _decided(command, _create(command, uow, now))
-        uow.processed.add(command, result)
-        await uow.commit()
-    return result
+    return await _recorded(command, uow, lambda: _create(command, uow, now))
 
 
 async def update_group(command: UpdateGroup, uow: UnitOfWork, now: Clock) -> CommandResult:
-    async with uow:
-        if (earlier := await uow.processed.earlier_result(command)) is not None:
-            return earlier
-        result = await _decided(command, _update(command, uow, now))
-        uow.processed.add(command, result)
-        await uow.commit()
-    return result
+    return await _recorded(command, uow, lambda: _update(command, uow, now))
 
 
 async def delete_group(command: DeleteGroup, uow: UnitOfWork, now: Clock) -> CommandResult:
-    async with uow:
-        if (earlier := await uow.processed.earlier_result(command)) is not None:
-            return earlier
-        result = await _decided(command, _delete(command, uow, now))
-        uow.processed.add(command, result)
-        await uow.commit()
-    return result
+    return await _recorded(command, uow, lambda: _delete(command, uow, now))
 
 
 async def add_customers(command: AddCustomers, uow: UnitOfWork, now: Clock) -> CommandResult:
-    async with uow:
-        if (earlier := await uow.processed.earlier_result(command)) is not None:
-            return earlier
-        result = await _decided(command, _add_customers(command, uow, now))
-        uow.processed.add(command, result)
-        await uow.commit()
-    return result
+    return await _recorded(command, uow, lambda: _add_customers(command, uow, now))
 
 
 async def remove_customers(command: RemoveCustomers, uow: UnitOfWork, now: Clock) -> CommandResult:
+    return await _recorded(command, uow, lambda: _remove_customers(command, uow, now))
+
+
+async def _recorded(
+    command: AnyCommand, uow: UnitOfWork, change: Callable[[], Awaitable[CommandResult]]
+) -> CommandResult:
+    """Every command's transaction: a redelivery gets its stored result and changes nothing;
+    otherwise the change, or why the rules refused it, is recorded as the command's answer
+    with the change's effects, all committed together."""
     async with uow:
         if (earlier := await uow.processed.earlier_result(command)) is not None:
             return earlier
-        result = await _decided(command, _remove_customers(command, uow, now))
+        try:
+            result = await change()
+        except Rejected as reason:
+            result = CommandResult.rejected(command.command_id, command.organization_id, reason)
         uow.processed.add(command, result)
         await uow.commit()
     return result
@@ -138,14 +126,6 @@ async def _remove_customers(command: RemoveCustomers, uow: UnitOfWork, now: Cloc
         uow.outbox.add(CustomersRemoved(group, tuple(removed)))
     counts = {"changed": len(removed), "unchanged": len(wanted) - len(removed)}
     return CommandResult.accepted(command.command_id, 200, group, counts)
-
-
-async def _decided(command: AnyCommand, change: Awaitable[CommandResult]) -> CommandResult:
-    """The change's result, or why the rules refused it: either is recorded as the answer."""
-    try:
-        return await change
-    except Rejected as reason:
-        return CommandResult.rejected(command.command_id, command.organization_id, reason)
 
 
 async def _live_group(

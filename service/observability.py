@@ -8,10 +8,20 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from pythonjsonlogger.json import JsonFormatter
 
 from service.domain.headers import Refused
 from service.domain.results import CommandResult
+from service.escaping import printable
 
 if TYPE_CHECKING:
     from service.adapters.postgres.outbox_store import Backlog
@@ -21,6 +31,23 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # Resident memory, CPU seconds, open file descriptors; collections per generation.
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.http_requests = Counter(
+            "customer_groups_http_requests",
+            "HTTP requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "customer_groups_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route template",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self.commands = Counter(
             "customer_groups_commands", "Commands handled", ["type", "outcome", "code"], registry=r
         )
@@ -80,6 +107,16 @@ class Metrics:
         self.events_parked = Counter(
             "customer_groups_events_parked",
             "Outbox rows the relay set aside because Kafka cannot take them",
+            registry=r,
+        )
+        self.relay_leading = Gauge(
+            "customer_groups_relay_leading",
+            "1 while this process's relay is the one publishing the outbox (set at scrape time)",
+            registry=r,
+        )
+        self.pipeline_stopped = Gauge(
+            "customer_groups_pipeline_stopped",
+            "1 once this process's command pipeline cannot go on (it then exits)",
             registry=r,
         )
         self.consumer_lag = Gauge(
@@ -145,11 +182,29 @@ class RateLimitedLog:
         self._log.warning(message + " (%d more since the last warning)", *args, held)
 
 
+class TextFormatter(logging.Formatter):
+    """Human-readable lines in which a value from the wire can neither split a line nor
+    drive the terminal: the message is escaped (a traceback still follows on its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def configure_logging(level: str, as_json: bool) -> None:
-    fmt = (
-        '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
-        if as_json
-        else "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    """LOG_JSON=true: one JSON object per line (ISO 8601 UTC time, level, logger, message,
+    the traceback inside the object, and any `extra` fields); values are JSON strings, so no
+    field can be forged. Otherwise escaped text."""
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        handler.setFormatter(
+            JsonFormatter(
+                ["levelname", "name", "message"],
+                rename_fields={"levelname": "level", "name": "logger", "exc_info": "traceback"},
+                timestamp="time",
+            )
+        )
+    else:
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

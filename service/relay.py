@@ -148,8 +148,10 @@ class OutboxRelay:
             while (term := await leader.try_lead()) is None:
                 self._working()
                 await asyncio.sleep(self._settings.relay_lock_retry_s)
+            # Clean only once nothing this term or the last one sent can still arrive.
+            settled = term.predecessor_released
             try:
-                if not term.predecessor_released:
+                if not settled:
                     # Whatever the last leader handed to Kafka arrives or expires within
                     # the delivery timeout; publishing sooner could put an older event of
                     # a group after a newer one.
@@ -161,6 +163,7 @@ class OutboxRelay:
                         wait_s,
                     )
                     await asyncio.sleep(wait_s)
+                    settled = True
                     await leader.alive()
                 log.info("outbox relay is the active publisher (term %d)", term.epoch)
                 self.leading = True
@@ -169,7 +172,7 @@ class OutboxRelay:
             finally:
                 self.leading = False
                 with contextlib.suppress(Exception):
-                    await leader.hand_over(clean=not self._sending)
+                    await leader.hand_over(clean=settled and not self._sending)
 
     async def _publish_forever(self, leader: Leader) -> None:
         settings = self._settings

@@ -41,6 +41,8 @@ write_env() {
 
 start() {
     local t0=$EPOCHREALTIME pg_pid rc=0
+    # The test suite checks deploy/observability/alerts.yml with promtool.
+    command -v promtool >/dev/null 2>&1 || apt_install prometheus
     # PostgreSQL in the background while Kafka starts: Kafka's JVM takes the longest.
     bash "$LOCAL_DIR/postgres.sh" start &
     pg_pid=$!

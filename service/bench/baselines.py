@@ -25,6 +25,9 @@ from service.config import Settings
 from service.domain.model import Group, group_json, name_key
 
 MESSAGE_BYTES = 300
+# Group commands change no members: WRITE_BATCH's columns of members added, members removed
+# and purges queued go empty.
+MEMBER_COLUMNS = 4 + 3 + 2
 
 
 async def measure(run: BenchRun, own: Settings, roundtrip_topic: str) -> None:
@@ -91,7 +94,7 @@ def rows_for(planned: Sequence[Planned]) -> list[Rows]:
             Rows(
                 p,
                 (group.id, group.organization_id, group.name, group.description, None,
-                 group.version, now, now, group.deleted_at, name_key(group.name)),
+                 group.version, now, now, group.deleted_at, 0, name_key(group.name)),
                 (f"group.{p.kind}d", p.organization_id, p.group_id, p.version, p.command_id,
                  None, payload, now),
                 (p.organization_id, p.command_id, "0" * 64, result),
@@ -106,12 +109,13 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 def _updated(group: tuple[Any, ...]) -> tuple[Any, ...]:
     """A group row in WRITE_BATCH's column order for updates."""
-    id_, _, name, description, platform_id, version, _, updated_at, deleted_at, key = group
-    return id_, name, key, description, platform_id, version, updated_at, deleted_at
+    id_, _, name, description, platform_id, version, _, updated_at, deleted_at, count, key = group
+    return id_, name, key, description, platform_id, version, updated_at, deleted_at, count
 
 
 async def _transaction(conn: Connection, batch: Sequence[Rows]) -> None:
-    """The statements the service runs for a batch, with each group written once."""
+    """The statements the service runs for a batch of group commands (no membership
+    commands), with each group written once."""
     created = {r.planned.group_id for r in batch if r.planned.kind == "create"}
     final = {r.planned.group_id: r.group for r in batch if r.planned.kind != "conflict"}
     commands = [r.planned for r in batch]
@@ -124,13 +128,17 @@ async def _transaction(conn: Connection, batch: Sequence[Rows]) -> None:
         [p.group_id for p in commands],
         [p.organization_id for p in named],
         [name_key(p.name) for p in named],
+        [],
+        [],
+        [],
     )
     await conn.execute(
         WRITE_BATCH,
-        *_columns([_updated(g) for gid, g in final.items() if gid not in created], 8),
-        *_columns([g for gid, g in final.items() if gid in created], 10),
+        *_columns([_updated(g) for gid, g in final.items() if gid not in created], 9),
+        *_columns([g for gid, g in final.items() if gid in created], 11),
         *_columns([r.outbox for r in batch if r.planned.eventful], 8),
         *_columns([r.processed for r in batch], 4),
+        *_columns([], MEMBER_COLUMNS),
     )
     await conn.execute("COMMIT")
 

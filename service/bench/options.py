@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-PHASES = ("baselines", "throughput", "latency", "relay")
+PHASES = ("baselines", "throughput", "latency", "relay", "members")
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,8 @@ class BenchOptions:
     relay_backlog: int = 200_000
     preload: int = 0
     baseline_seconds: float = 10
+    members: int = 1_000_000
+    big_group: int = 1_000_000
     instances: int = 1
     relay_process: bool = False
     external: bool = False
@@ -33,6 +35,8 @@ class BenchOptions:
             latency_seconds=1.5,
             relay_backlog=500,
             baseline_seconds=1,
+            members=4000,
+            big_group=5000,
         )
         return replace(small, **overrides)
 

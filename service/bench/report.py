@@ -40,6 +40,8 @@ def sizes(options: BenchOptions) -> dict[str, Any]:
         "latency_seconds": options.latency_seconds,
         "relay_backlog": options.relay_backlog,
         "preload": options.preload,
+        "members": options.members,
+        "big_group": options.big_group,
         "instances": 0 if options.external else options.instances,
         "relay_process": options.relay_process and not options.external,
     }

@@ -7,7 +7,7 @@ import uuid
 
 from service.adapters.kafka.topics import ensure_topics
 from service.adapters.postgres.db import create_pool, migrate
-from service.bench import baselines, kafka_io, relay, service_phases, workload
+from service.bench import baselines, kafka_io, members, relay, service_phases, workload
 from service.bench.context import BenchRun, Progress
 from service.bench.database import BenchDatabase
 from service.bench.options import BenchOptions, Report
@@ -23,7 +23,8 @@ async def run_bench(
 
     `settings` gives the servers; the bench makes its own database and topics on them and
     drops them at the end (unless `keep`). With `external`, the service is the one already
-    running with `settings`' topics; only new organizations are written there."""
+    running with `settings`' topics; only new organizations are written there, and the
+    phases that write to the bench's own database (relay, members) are left out."""
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench-{run_id}"
     report = Report()
@@ -53,6 +54,8 @@ async def run_bench(
                 await service_phases.measure(run, target)
                 if "relay" not in options.skip and not options.external:
                     await relay.measure(run, own)
+                if "members" not in options.skip and not options.external:
+                    await members.measure(run, own)
             finally:
                 await pool.close()
     report.figures["machine"]["loadavg_at_end"] = loadavg()

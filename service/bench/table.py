@@ -3,21 +3,41 @@ ratios, then any problem."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.table import Table
 
 from service.bench.options import Report
 
-# (figure, how to read it from the report, target, True when higher is better)
-TARGETS: list[tuple[str, tuple[str, ...], float, bool]] = [
-    ("commands_per_s", ("commands_per_s",), 10_000, True),
-    ("latency p99 (ms)", ("latency_ms", "p99"), 50, False),
-    ("relay_events_per_s", ("relay_events_per_s",), 20_000, True),
-    ("rss_mb (peak, per process)", ("rss_mb",), 150, False),
+# How a figure must compare with its target: at least it, at most it, or a ratio within
+# that many percent of 1.
+Rule = Literal["≥", "≤", "±%"]
+
+# (figure, how to read it from the report, target, rule)
+TARGETS: list[tuple[str, tuple[str, ...], float, Rule]] = [
+    ("commands_per_s", ("commands_per_s",), 10_000, "≥"),
+    ("latency p99 (ms)", ("latency_ms", "p99"), 50, "≤"),
+    ("relay_events_per_s", ("relay_events_per_s",), 20_000, "≥"),
+    ("rss_mb (peak, per process)", ("rss_mb",), 150, "≤"),
+    ("members_per_s", ("members_per_s",), 100_000, "≥"),
+    ("members add, big group / empty group", ("members_add_big_vs_empty",), 20, "±%"),
 ]
 PREEXISTING_TOLERANCE_PCT = 10
+
+
+def target_met(value: float, target: float, rule: Rule) -> bool:
+    if rule == "≥":
+        return value >= target
+    if rule == "≤":
+        return value <= target
+    return abs(value - 1) * 100 <= target
+
+
+def _target_cells(value: float, target: float, rule: Rule) -> tuple[str, str]:
+    if rule == "±%":
+        return f"{value:,.3f}", f"1 ± {target:.0f}%"
+    return f"{value:,.1f}", f"{rule} {target:,.0f}"
 
 
 def _lookup(figures: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -41,18 +61,14 @@ def print_table(report: Report) -> None:
     figures = Table(title="customer-groups bench", title_justify="left")
     for column in ("figure", "value", "target", ""):
         figures.add_column(column, justify="right" if column in ("value", "target") else "left")
-    for name, path, target, higher in TARGETS:
+    for name, path, target, rule in TARGETS:
         value = _lookup(f, path)
         if value is None:
             figures.add_row(name, "-", "", "skipped")
             continue
-        met = value >= target if higher else value <= target
-        figures.add_row(
-            name,
-            f"{value:,.1f}",
-            f"{'≥' if higher else '≤'} {target:,.0f}",
-            "[green]met[/]" if met else "[red]missed[/]",
-        )
+        shown, wanted = _target_cells(value, target, rule)
+        verdict = "[green]met[/]" if target_met(value, target, rule) else "[red]missed[/]"
+        figures.add_row(name, shown, wanted, verdict)
     if latency := f.get("latency_ms"):
         figures.add_row(
             "latency p50 / p95 (ms)",
@@ -87,12 +103,14 @@ def print_table(report: Report) -> None:
             f"within {PREEXISTING_TOLERANCE_PCT}%",
             "[green]met[/]" if met else "[red]missed[/]",
         )
+    _member_rows(f, figures)
     cpu = [
         (phase, value)
         for phase, value in (
             ("throughput", f.get("throughput", {}).get("service_cpu_cores")),
             ("latency", f.get("latency_service_cpu_cores")),
             ("relay", f.get("relay_service_cpu_cores")),
+            ("members", f.get("members", {}).get("added", {}).get("service_cpu_cores")),
         )
         if value is not None
     ]
@@ -120,3 +138,39 @@ def print_table(report: Report) -> None:
         console.print(table)
     for problem in report.problems:
         console.print(f"[bold red]PROBLEM[/] {problem}", markup=True, highlight=False)
+
+
+def _member_rows(f: dict[str, Any], figures: Table) -> None:
+    """The members phase's figures that have no target of their own."""
+    if (baseline := f.get("members_baseline_rows_per_s")) is not None:
+        ratio = f.get("members_vs_baseline")
+        note = f"members_per_s is {ratio:.3f} of it" if ratio is not None else ""
+        figures.add_row("members baseline (rows/s)", f"{baseline:,.1f}", "", note)
+    details = f.get("members", {})
+    if (empty := f.get("members_add_empty_ms")) is not None:
+        runs = details.get("add", {}).get("runs_ms", {}).get("empty", [])
+        size = details.get("add", {}).get("big_group_members", 0)
+        figures.add_row(
+            "add 1,000 members (ms), empty / big",
+            f"{empty:,.1f} / {f['members_add_big_ms']:,.1f}",
+            "",
+            f"medians of {len(runs)} each; big group of {size:,}",
+        )
+    if (result := f.get("members_delete_result_ms")) is not None:
+        delete = details.get("delete", {})
+        figures.add_row(
+            "delete big group: result (ms) / purged (s)",
+            f"{result:,.1f} / {f['members_purge_s']:,.2f}",
+            "",
+            f"{delete.get('group_members', 0):,} members; pruner every "
+            f"{delete.get('purge_interval_s', 0):g} s",
+        )
+    if (quiet := f.get("members_load_quiet_p99_ms")) is not None:
+        delete = details.get("delete", {})
+        figures.add_row(
+            "others' adds p99 (ms), alone / during delete",
+            f"{quiet:,.1f} / {f['members_load_delete_p99_ms']:,.1f}",
+            "",
+            f"{delete.get('load_rate', 0):,}/s of {delete.get('load_ids_per_command', 0)} ids; "
+            f"ratio {f['members_load_delete_vs_quiet']:.2f}",
+        )

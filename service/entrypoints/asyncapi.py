@@ -23,10 +23,24 @@ class GroupSchema(BaseModel):
     name: str = Field(examples=["VIP Customers"])
     description: str | None = Field(examples=["High-value customers with premium benefits"])
     platform_id: str | None = Field(examples=["12345678"])
+    customer_count: int = Field(
+        ge=0,
+        examples=[2],
+        description="The group's members now; a deleted group keeps the count it had.",
+    )
     version: int = Field(ge=1, description="Starts at 1 and grows by 1 with every change.")
     created_at: str = Field(examples=["2026-11-22T10:30:00.123456Z"])
     updated_at: str = Field(examples=["2026-11-22T10:30:00.123456Z"])
     deleted_at: str | None = Field(examples=[None])
+
+
+class CustomersChanged(BaseModel):
+    """What a membership command did with the ids it named, each counted once."""
+
+    changed: int = Field(ge=0, description="Ids added (or removed) by this command.")
+    unchanged: int = Field(
+        ge=0, description="Ids already members (add) or not members (remove): skipped."
+    )
 
 
 class CommandResultSchema(BaseModel):
@@ -38,6 +52,10 @@ class CommandResultSchema(BaseModel):
     error: str | None = Field(examples=["Group with same name already exists"])
     details: Any = Field(examples=[{"name": "VIP Customers"}])
     group: GroupSchema | None
+    customers: CustomersChanged | None = Field(
+        default=None,
+        description="group.customers.add and group.customers.remove only (absent otherwise).",
+    )
 
 
 class GroupEventSchema(GroupSchema):
@@ -45,6 +63,14 @@ class GroupEventSchema(GroupSchema):
 
     previous: dict[str, Any] | None = Field(
         default=None, description="group.updated only: the old value of each changed field."
+    )
+    customer_ids: list[str] | None = Field(
+        default=None,
+        examples=[["cus_1", "cus_2"]],
+        description=(
+            "group.customers_added and group.customers_removed only: exactly the ids that"
+            " changed, in the order the command gave them."
+        ),
     )
 
 
@@ -54,8 +80,9 @@ def document_topics(broker: KafkaBroker, settings: Settings) -> None:
         settings.topic_commands,
         title=f"{settings.topic_commands}:Command",
         description=(
-            "What producers (the HTTP API included) send. Key: organization_id. Headers "
-            "honoured: reply_to, correlation_id, traceparent."
+            "What producers (the HTTP API included) send: group.create, group.update, "
+            "group.delete, group.customers.add and group.customers.remove. Key: "
+            "organization_id. Headers honoured: reply_to, correlation_id, traceparent."
         ),
         schema=Command,
     )
@@ -75,7 +102,8 @@ def document_topics(broker: KafkaBroker, settings: Settings) -> None:
         description=(
             "Change events, published from the outbox after commit, at least once. Key: "
             "group id. Headers: ce_specversion, ce_id (the same on every re-publish), ce_type "
-            "(group.created, group.updated, group.deleted), ce_source, ce_subject, ce_time, "
+            "(group.created, group.updated, group.deleted, group.customers_added, "
+            "group.customers_removed), ce_source, ce_subject, ce_time, "
             "content-type, ce_organizationid, ce_groupversion, ce_commandid, and traceparent "
             "when the command had one."
         ),
@@ -84,7 +112,10 @@ def document_topics(broker: KafkaBroker, settings: Settings) -> None:
     broker.publisher(
         settings.topic_state,
         title=f"{settings.topic_state}:State",
-        description="Compacted: the latest group per key (group id); a delete is a tombstone.",
+        description=(
+            "Compacted: the latest group per key (group id), with its customer_count but "
+            "never the ids; a delete is a tombstone."
+        ),
         schema=GroupSchema | None,
     )
     broker.publisher(

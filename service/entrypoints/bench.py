@@ -49,6 +49,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"{defaults.baseline_seconds:g}",
     )
     bench.add_argument(
+        "--members",
+        type=int,
+        help=f"memberships the members phase adds, 1,000 per command, default {defaults.members:,}",
+    )
+    bench.add_argument(
+        "--big-group",
+        type=int,
+        help="members of the group that adding to is compared with an empty one's, and "
+        f"that is then deleted, default {defaults.big_group:,}",
+    )
+    bench.add_argument(
         "--instances",
         type=int,
         help="service processes sharing the command partitions (one relay leads), default "
@@ -64,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--external",
         action="store_true",
         help="drive the service already running with this environment's settings "
-        "(no relay phase, no preload, no memory figure)",
+        "(no relay or members phase, no preload, no memory figure)",
     )
     bench.add_argument("--skip", action="append", choices=PHASES, default=[], help="repeatable")
     bench.add_argument("--smoke", action="store_true", help="tiny sizes: checks the path only")
@@ -92,6 +103,9 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if options.instances < 1:
         print("--instances must be at least 1", file=sys.stderr)
+        return 2
+    if options.members < 1 or options.big_group < 1:
+        print("--members and --big-group must be at least 1", file=sys.stderr)
         return 2
 
     logging.getLogger("service").setLevel(logging.WARNING)

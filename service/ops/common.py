@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -92,43 +92,6 @@ def headers_of(record: Record) -> dict[str, str]:
     return {key: value.decode(errors="replace") for key, value in record.headers}
 
 
-# What a terminal could take as an instruction rather than text: C0 and C1 controls and
-# DEL, the line and paragraph separators, the bidirectional formatting characters (which
-# reorder what an operator reads), and surrogates, which no terminal encoding takes.
-_UNPRINTABLE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-
-
-def printable(text: str) -> str:
-    """`text` as it may be printed to a terminal: with what could drive the terminal
-    escaped, as `\\n`, `\\x1b` or `\\u202e`."""
-    return _UNPRINTABLE.sub(_escaped, text)
-
-
-def printable_json(line: str) -> str:
-    """A line of JSON text as it may be printed to a terminal: the same JSON to a parser,
-    with what could drive the terminal escaped as `\\u001b` or `\\u202e`."""
-    # Encoders escape only the controls JSON forbids in strings (C0), and outside strings
-    # the lines orjson and json.dumps write have none of these characters: escaping them
-    # anywhere in the line keeps the JSON.
-    return _UNPRINTABLE.sub(_json_escaped, line)
-
-
-_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escaped(match: re.Match[str]) -> str:
-    if short := _SHORT_ESCAPES.get(match[0]):
-        return short
-    code = ord(match[0])
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-
-def _json_escaped(match: re.Match[str]) -> str:
-    return f"\\u{ord(match[0]):04x}"
-
-
 def text_of(value: bytes | None, limit: int | None = None) -> str | None:
     if value is None:
         return None
@@ -142,6 +105,10 @@ class _Rate(ProgressColumn):
         return Text("" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
 
 
+class Advance(Protocol):
+    def __call__(self, count: int = 1) -> None: ...
+
+
 class Progress:
     """A progress bar with rate and ETA on stderr; silent when disabled (scripts, --json)."""
 
@@ -149,7 +116,7 @@ class Progress:
         self.enabled = enabled
 
     @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Step]:
+    def task(self, description: str, total: int | None) -> Iterator[Advance]:
         if not self.enabled:
             yield Step(None, None)
             return

@@ -1,19 +1,28 @@
-"""Sending one command as a producer would, and waiting for its result."""
+"""Sending commands as a producer would, and waiting for their results."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from service.adapters.kafka import Record
 from service.config import Settings
 from service.ops.common import OpsError, headers_of, partitions_of, producer, reader
 
-COMMAND_TYPES = {"create": "group.create", "update": "group.update", "delete": "group.delete"}
+COMMAND_TYPES = {
+    "create": "group.create",
+    "update": "group.update",
+    "delete": "group.delete",
+    "add-customers": "group.customers.add",
+    "remove-customers": "group.customers.remove",
+}
 
 
 def build_command(base: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
@@ -98,3 +107,88 @@ async def _result(
                 if result.get("command_id") == command_id:
                     return result
     return None
+
+
+class Exchange:
+    """Commands out and their results back, many in flight at once: each result is matched
+    to its command by the correlation_id header the command was sent with."""
+
+    def __init__(
+        self, settings: Settings, kafka: AIOKafkaProducer, results: AIOKafkaConsumer
+    ) -> None:
+        self._settings = settings
+        self._kafka = kafka
+        self._results = results
+        self._waiting: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+
+    async def send(self, command: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """Hands `command` to the producer; the future is done when its result arrives."""
+        correlation_id = str(uuid.uuid4())
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation_id] = (str(command["command_id"]), answer)
+        delivery = await self._kafka.send(
+            self._settings.topic_commands,
+            orjson.dumps(command),
+            key=str(command["organization_id"]).encode(),
+            headers=[
+                ("correlation_id", correlation_id.encode()),
+                ("content-type", b"application/json"),
+            ],
+        )
+        delivery.add_done_callback(lambda sent: self._undelivered(correlation_id, sent))
+        return answer
+
+    def _undelivered(self, correlation_id: str, delivery: asyncio.Future[Any]) -> None:
+        """A command Kafka did not take has no result coming: its waiter learns why."""
+        if delivery.cancelled() or (error := delivery.exception()) is None:
+            return
+        _, answer = self._waiting.pop(correlation_id, ("", None))
+        if answer is not None and not answer.done():
+            answer.set_exception(error)
+
+    async def read_results(self) -> None:
+        try:
+            while True:
+                batches = await self._results.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        self._match(record)
+        except Exception as error:
+            # Whoever waits for a result learns why none will come, rather than timing out.
+            for _, answer in self._waiting.values():
+                if not answer.done():
+                    answer.set_exception(error)
+            raise
+
+    def _match(self, record: Record) -> None:
+        correlation_id = headers_of(record).get("correlation_id")
+        if correlation_id not in self._waiting or record.value is None:
+            return
+        command_id, answer = self._waiting[correlation_id]
+        try:
+            result = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(result, dict) and result.get("command_id") == command_id:
+            del self._waiting[correlation_id]
+            if not answer.done():
+                answer.set_result(result)
+
+
+@contextlib.asynccontextmanager
+async def exchange(settings: Settings) -> AsyncIterator[Exchange]:
+    async with reader(settings) as consumer, producer(settings) as kafka:
+        tps = await partitions_of(settings, settings.topic_results)
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        # Resolved before the first send: a lazily resolved position could land after a
+        # fast result.
+        for tp in tps:
+            await consumer.position(tp)
+        channel = Exchange(settings, kafka, consumer)
+        reading = asyncio.create_task(channel.read_results(), name="ops-results-reader")
+        try:
+            yield channel
+        finally:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)

@@ -67,7 +67,8 @@ def render(kind: str, record: Record) -> str:
         return (
             f"{at} {headers.get('ce_type', '?'):<13} {headers.get('ce_subject')}"
             f" v{headers.get('ce_groupversion')} org={headers.get('ce_organizationid')}"
-            f" name={body.get('name')!r} ce_id={headers.get('ce_id')}"
+            f" name={body.get('name')!r}{_members_changed(headers, body)}"
+            f" ce_id={headers.get('ce_id')}"
         )
     if kind == "results":
         line = f"{at} {body.get('command_id')} {body.get('status')} {body.get('code')}"
@@ -76,6 +77,12 @@ def render(kind: str, record: Record) -> str:
         group = body.get("group")
         if isinstance(group, dict):
             line += f" group={group.get('id')} v{group.get('version')}"
+        customers = body.get("customers")
+        if isinstance(customers, dict):
+            line += (
+                f" customers: {customers.get('changed')} changed,"
+                f" {customers.get('unchanged')} unchanged"
+            )
         return line
     if kind == "dlq":
         source = ":".join(
@@ -89,8 +96,22 @@ def render(kind: str, record: Record) -> str:
         return f"{at} {text_of(record.key)} tombstone"
     return (
         f"{at} {text_of(record.key)} v{body.get('version')} name={body.get('name')!r}"
-        f" org={body.get('organization_id')}"
+        f" org={body.get('organization_id')} customers={body.get('customer_count')}"
     )
+
+
+_IDS_SHOWN = 3
+
+
+def _members_changed(headers: dict[str, str], body: dict[str, Any]) -> str:
+    """For a membership event: which customers, and the count after the change."""
+    ids = body.get("customer_ids")
+    if not isinstance(ids, list):
+        return ""
+    sign = "-" if headers.get("ce_type") == "group.customers_removed" else "+"
+    shown = ", ".join(str(customer_id) for customer_id in ids[:_IDS_SHOWN])
+    more = ", …" if len(ids) > _IDS_SHOWN else ""
+    return f" customers {sign}{len(ids)} [{shown}{more}] count={body.get('customer_count')}"
 
 
 async def tail(

@@ -3,7 +3,9 @@ restart finds the service working (real Kafka and PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import uuid
 from typing import Any
 
@@ -134,3 +136,69 @@ async def test_many_distinct_reply_topics_neither_grow_the_metadata_nor_slow_the
     assert (await kafka.ask(other))["code"] == 201
     assert service.copies is not None
     assert len(service.copies.producer_topics()) <= reply_copies.TOPICS_MAX + 1
+
+
+def random_hostile_record(rng: random.Random) -> tuple[bytes | None, bytes | None, list[Any]]:
+    """(key, value, headers): garbage, near-valid commands, and valid ones with wild headers."""
+
+    def junk(limit: int) -> bytes:
+        return rng.randbytes(rng.choice([0, 1, 5, 40, limit]))
+
+    kind = rng.randrange(4)
+    if kind == 0:
+        value: bytes | None = junk(5000) if rng.random() < 0.9 else None
+    elif kind == 1:
+        body: dict[str, Any] = command(organization_id=f"org_fz{rng.randrange(5)}")
+        field = rng.choice([*body, "customer_ids", "group_id", "expected_version", "x"])
+        body[field] = rng.choice(
+            [None, 7, -1, "", "\x00", "\x1b[2J", "é" * 300, [1, "a"], {"a": [None]}, "grp_x"]
+        )
+        value = json.dumps(body).encode()
+    else:
+        value = json.dumps(command(organization_id=f"org_fz{rng.randrange(5)}")).encode()
+    names = ["reply_to", "correlation_id", "traceparent", "tracestate", "x"]
+    headers = [(rng.choice(names), junk(3000)) for _ in range(rng.randrange(4))]
+    key = rng.choice([None, b"", b"org_fz1", junk(100)])
+    # A Kafka record needs a key or a value.
+    return key, value if key is not None or value is not None else b"", headers
+
+
+async def test_a_few_hundred_random_hostile_records_leave_the_service_live(
+    settings: Settings, pool: asyncpg.Pool, kafka: KafkaProbe
+) -> None:
+    """Each record ends as a result, a dead letter, or both; then another tenant goes on."""
+    rng = random.Random(20261206)
+    records = [random_hostile_record(rng) for _ in range(300)]
+    async with running_app(settings) as client:
+        sent = [
+            await kafka.producer.send(settings.topic_commands, value, key=key, headers=headers)
+            for key, value, headers in records
+        ]
+        where = [(m.partition, m.offset) for m in await asyncio.gather(*sent)]
+        await another_tenant_goes_on(client, kafka)
+        assert (await client.get("/health/live")).status_code == 200
+
+        def accounted() -> list[int]:
+            dead = {
+                (int(h["dlq_source_partition"]), int(h["dlq_source_offset"]))
+                for h in (dict(r.headers) for r in kafka.records[settings.topic_dlq])
+            }
+            answered = {r["command_id"] for r in kafka.results()}
+            return [
+                i
+                for i, (_, value, _) in enumerate(records)
+                if where[i] in dead or command_id_of(value) in answered
+            ]
+
+        await kafka.wait_for(settings.topic_results, lambda _: len(accounted()) == len(records))
+    for record in kafka.records[settings.topic_results]:
+        assert len(record.value) + sum(len(v) for _, v in record.headers) < 10_000
+
+
+def command_id_of(value: bytes | None) -> str | None:
+    try:
+        body = json.loads(value or b"")
+    except ValueError:
+        return None
+    found = body.get("command_id") if isinstance(body, dict) else None
+    return found if isinstance(found, str) else None

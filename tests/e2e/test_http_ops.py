@@ -98,8 +98,29 @@ async def test_metrics_count_commands_and_show_the_outbox(client: httpx.AsyncCli
         "customer_groups_events_published_total",
         "customer_groups_dead_letters_total",
         "customer_groups_consumer_lag",
+        "customer_groups_outbox_parked",
+        "process_resident_memory_bytes",
+        "python_gc_collections_total",
     ):
         assert any(line.startswith(name) for line in lines), name
+
+
+async def test_http_requests_are_counted_and_timed_by_route_template(
+    client: httpx.AsyncClient,
+) -> None:
+    for group_id in ("grp_missing1", "grp_missing2"):
+        assert (await client.get(f"{GROUPS}/{group_id}", headers=ORG_A)).status_code == 404
+    assert (await client.get("/no/such/path")).status_code == 404
+    lines = (await client.get("/metrics")).text.splitlines()
+    route = f"{GROUPS}/{{group_id}}"
+    counted = (
+        f'customer_groups_http_requests_total{{method="GET",route="{route}",status="404"}} 2.0'
+    )
+    assert counted in lines
+    assert any('route="unmatched"' in line for line in lines)
+    assert not any("grp_missing1" in line for line in lines)
+    timed = f'customer_groups_http_request_duration_seconds_count{{method="GET",route="{route}"}}'
+    assert any(line.startswith(timed) for line in lines)
 
 
 async def test_asyncapi_documents_the_kafka_contract(

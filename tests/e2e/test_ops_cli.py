@@ -41,20 +41,37 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+CliWithErrors = Callable[..., Awaitable[tuple[int, str, str]]]
+
+
+def cli_runner(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> CliWithErrors:
+    """`customer-groups ARGV` with this test's settings: (exit code, stdout, stderr)."""
+    for name, value in environment(settings).items():
+        monkeypatch.setenv(name, value)
+
+    async def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        # main() runs its own event loop, so it needs a thread of its own.
+        code = await asyncio.to_thread(main, list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
 @pytest.fixture
 def cli(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Cli:
-    for name, value in environment(settings).items():
-        monkeypatch.setenv(name, value)
+    run = cli_runner(settings, monkeypatch, capsys)
 
-    async def run(*argv: str) -> tuple[int, str]:
-        capsys.readouterr()
-        # main() runs its own event loop, so it needs a thread of its own.
-        code = await asyncio.to_thread(main, list(argv))
-        return code, capsys.readouterr().out
+    async def stdout_only(*argv: str) -> tuple[int, str]:
+        code, out, _ = await run(*argv)
+        return code, out
 
-    return run
+    return stdout_only
 
 
 def one(output: str) -> dict[str, Any]:

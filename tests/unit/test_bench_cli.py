@@ -24,8 +24,9 @@ def test_every_option_given_reaches_the_run() -> None:
     args = _parse(
         *("--commands", "5", "--organizations", "6", "--rate", "7", "--latency-seconds", "1.5"),
         *("--relay-backlog", "8", "--preload", "9", "--baseline-seconds", "2.5"),
+        *("--members", "2500", "--big-group", "3000"),
         *("--instances", "3", "--relay-process", "--external", "--keep", "--json"),
-        *("--skip", "relay", "--skip", "latency"),
+        *("--skip", "relay", "--skip", "latency", "--skip", "members"),
     )
 
     assert options_from(args) == BenchOptions(
@@ -36,9 +37,11 @@ def test_every_option_given_reaches_the_run() -> None:
         relay_backlog=8,
         preload=9,
         baseline_seconds=2.5,
+        members=2500,
+        big_group=3000,
         instances=3,
         relay_process=True,
         external=True,
         keep=True,
-        skip=frozenset({"relay", "latency"}),
+        skip=frozenset({"relay", "latency", "members"}),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from service.bench.latency import percentiles_ms
 from service.bench.report import ratios
+from service.bench.table import target_met
 from service.bench.timing import cpu_cores
 
 
@@ -35,3 +36,10 @@ def test_percentiles_are_picked_by_rank_and_given_in_milliseconds() -> None:
 def test_cpu_cores_are_the_cpu_seconds_spent_per_second() -> None:
     assert cpu_cores(1.0, 2.5, 2.0) == 0.75
     assert cpu_cores(None, None, 2.0) is None
+
+
+def test_a_target_is_met_at_least_at_most_or_within_a_percentage_of_one() -> None:
+    assert target_met(100_000, 100_000, "≥") and not target_met(99_999, 100_000, "≥")
+    assert target_met(50, 50, "≤") and not target_met(50.1, 50, "≤")
+    assert target_met(1.2, 20, "±%") and target_met(0.8, 20, "±%")
+    assert not target_met(1.21, 20, "±%") and not target_met(0.79, 20, "±%")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.ops.common import printable, printable_json
+from service.escaping import printable, printable_json
 
 # The bidirectional classes of the embedding, override and isolate characters.
 _BIDI_CONTROLS = {"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"}

@@ -31,6 +31,7 @@ class FakeOutbox:
         self.parked: dict[int, str] = {}
         self.reads = 0
         self.handed_over: list[bool] = []
+        self.terms = 0
         self._released = predecessor_released
 
     @contextlib.asynccontextmanager
@@ -38,7 +39,8 @@ class FakeOutbox:
         yield self
 
     async def try_lead(self) -> Term:
-        return Term(1, self._released)
+        self.terms += 1
+        return Term(self.terms, self._released)
 
     async def hand_over(self, *, clean: bool) -> None:
         self.handed_over.append(clean)
@@ -252,6 +254,16 @@ async def test_a_leader_stopped_with_events_on_their_way_does_not_claim_a_clean_
     _relay, _, task = start_relay(outbox, publisher=publisher)
     async with asyncio.timeout(5):
         await publisher._arrived.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert outbox.handed_over == [False]
+
+
+async def test_a_leader_stopped_while_it_waits_out_its_predecessor_hands_over_unclean() -> None:
+    outbox = FakeOutbox(predecessor_released=False)
+    settings = Settings(relay_poll_min_s=0.005, relay_poll_max_s=0.05, relay_delivery_timeout_s=30)
+    _, _, task = start_relay(outbox, settings=settings)
+    await until(lambda: outbox.terms == 1)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert outbox.handed_over == [False]

@@ -1,5 +1,5 @@
-"""The HTTP app: the customer-groups API (routes.py) when this process serves it, and health,
-metrics and docs always."""
+"""The HTTP app: the customer-groups API (routes.py, members.py) when this process serves
+it, and health, metrics and docs always."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from service.adapters.postgres import outbox_store
 from service.bootstrap import ALL_ROLES, Container, Role, lifespan
 from service.config import Settings
 from service.entrypoints.asyncapi import specification
+from service.entrypoints.http.middleware import RequestMetrics
 from service.entrypoints.http.routes import install
 
 VERSION = "1.0.0"
@@ -64,6 +65,8 @@ def create_app(
     )
     if Role.HTTP in roles:
         install(app, max_body_bytes=settings.command_max_bytes)
+    # Outermost, so it also times and counts what the other middleware answers.
+    app.add_middleware(RequestMetrics)
 
     @app.get("/health/live", tags=["ops"])
     async def live() -> dict[str, str]:
@@ -145,6 +148,9 @@ async def _details(container: Container) -> dict[str, int]:
 async def _refresh_gauges(container: Container) -> None:
     """Gauges that are cheap to read at scrape time; a failed read keeps the last value."""
     metrics = container.metrics
+    metrics.pipeline_stopped.set("pipeline" in container.health.problems)
+    if container.relay is not None:
+        metrics.relay_leading.set(container.relay.leading)
     with contextlib.suppress(Exception):
         async with asyncio.timeout(PROBE_TIMEOUT_S):
             metrics.observe_backlog(await outbox_store.backlog(container.pool))

@@ -10,9 +10,7 @@ from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.bootstrap import Container
-from service.domain.commands import (
-    GROUP_ID,
-)
+from service.domain.commands import CUSTOMER_ID_MAX, GROUP_ID, customer_id_problem
 from service.domain.errors import GroupNotFound, InvalidCommand
 from service.entrypoints.http.errors import (
     ApiError,
@@ -54,6 +52,17 @@ Organization = Annotated[str, Depends(organization)]
 GroupId = Annotated[Text, Path(description="The group's id, `grp_...`")]
 
 
+CustomerId = Annotated[
+    Text,
+    Path(
+        description=(
+            f"1-{CUSTOMER_ID_MAX} characters, no control characters, no leading or trailing"
+            " whitespace; a `/` in it is sent as `%2F`"
+        )
+    ),
+]
+
+
 IdempotencyKey = Annotated[
     Text | None,
     Header(description="Becomes the command_id: a retry with the same key gets the first result."),
@@ -78,3 +87,9 @@ def checked_group_id(group_id: str) -> str:
     if not GROUP_ID.fullmatch(group_id):
         raise ApiError.of(GroupNotFound(group_id))
     return group_id
+
+
+def checked_customer_id(customer_id: str) -> str:
+    if (problem := customer_id_problem(customer_id)) is not None:
+        raise ApiError(422, InvalidCommand.error, f"customer_id {problem}")
+    return customer_id

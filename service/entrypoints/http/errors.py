@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -12,6 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from service.domain.errors import InvalidCommand, Rejected
+from service.retry import is_transient
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(HTTPException):
@@ -29,6 +34,18 @@ class ApiError(HTTPException):
     @classmethod
     def of(cls, reason: Rejected) -> ApiError:
         return cls(reason.code, reason.error, reason.details)
+
+
+@contextlib.contextmanager
+def reading() -> Iterator[None]:
+    """PostgreSQL unreachable (or shedding load) is a 503 for reads, as Kafka is for writes."""
+    try:
+        yield
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        log.warning("a read from PostgreSQL failed: %r", error)
+        raise ApiError(503, "Service unavailable", "PostgreSQL is unreachable") from error
 
 
 def _describe(problem: Any) -> str:

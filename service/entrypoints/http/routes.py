@@ -1,33 +1,17 @@
-"""The customer-groups API: reads from PostgreSQL, writes as Kafka commands.
-
-A write is published on the commands topic like any producer's, and the service's result
-is awaited on the results topic, so the API has the Kafka contract's idempotency,
-ordering and events, and nothing but the consumer ever writes a group."""
+"""The customer-groups API's group routes: reads from PostgreSQL, writes as Kafka commands
+(writes.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import orjson
-from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 
-from service.adapters.kafka.result_waiter import ResultWaiter
 from service.adapters.postgres import queries
-from service.config import Settings
-from service.domain.commands import (
-    valid_command_id,
-)
 from service.domain.errors import GroupNotFound, InvalidCommand
 from service.domain.model import Group, group_json
-from service.domain.ports import AnyCommand
-from service.domain.results import CommandResult
+from service.entrypoints.http import members
 from service.entrypoints.http.deps import (
     GroupId,
     IdempotencyKey,
@@ -35,9 +19,8 @@ from service.entrypoints.http.deps import (
     Organization,
     checked_group_id,
     container_of,
-    expected_version,
 )
-from service.entrypoints.http.errors import ApiError, install_error_handlers, json_response
+from service.entrypoints.http.errors import ApiError, install_error_handlers, json_response, reading
 from service.entrypoints.http.middleware import BodyLimit
 from service.entrypoints.http.schemas import (
     ERRORS,
@@ -50,88 +33,13 @@ from service.entrypoints.http.schemas import (
     ReplaceBody,
     Text,
 )
-from service.parsing import Invalid, parse_command
-from service.retry import is_transient
-
-log = logging.getLogger(__name__)
-
+from service.entrypoints.http.writes import execute, group_response, guarded, respond
 
 # The largest millisecond timestamp a datetime holds (9999-12-31T23:59:59.999Z).
 _MAX_MS = 253_402_300_799_999
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _etag(version: int) -> dict[str, str]:
-    return {"ETag": f'"{version}"'}
-
-
-def _group_response(group: dict[str, Any], status_code: int) -> Response:
-    return json_response({"customer_group": group}, status_code, _etag(group["version"]))
-
-
-def _command(settings: Settings, fields: dict[str, Any]) -> AnyCommand:
-    """The command a producer would send, judged by the consumer's own parser."""
-    parsed = parse_command(orjson.dumps(fields), settings.command_max_bytes)
-    if isinstance(parsed, Invalid):
-        raise ApiError(422, InvalidCommand.error, parsed.details)
-    return parsed
-
-
-async def _execute(
-    request: Request, organization_id: str, idempotency_key: str | None, fields: dict[str, Any]
-) -> CommandResult | str:
-    """Publish the command and wait for its result; on timeout, its command_id."""
-    container = container_of(request)
-    settings = container.settings
-    waiter: ResultWaiter = request.app.state.results
-    if idempotency_key is not None and not valid_command_id(idempotency_key):
-        raise ApiError(422, InvalidCommand.error, "Idempotency-Key must be 1-128 characters")
-    command_id = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
-    command = _command(
-        settings, {"command_id": command_id, "organization_id": organization_id, **fields}
-    )
-    headers = {"content-type": "application/json"}
-    if traceparent := request.headers.get("traceparent"):
-        headers["traceparent"] = traceparent
-    correlation_id = str(uuid.uuid4())
-    # One deadline for both steps, so that no write waits longer than the setting says.
-    deadline = asyncio.get_running_loop().time() + settings.http_command_timeout_s
-    try:
-        async with waiter.expect(correlation_id) as result:
-            # Until Kafka acknowledges the command it may never be queued: a timeout here
-            # is a 503, never the 202 that says the command is queued.
-            async with asyncio.timeout_at(deadline):
-                await container.broker.publish(
-                    orjson.dumps(command.model_dump(mode="json", exclude_unset=True)),
-                    settings.topic_commands,
-                    key=organization_id.encode(),
-                    headers=headers,
-                    correlation_id=correlation_id,
-                )
-            try:
-                async with asyncio.timeout_at(deadline):
-                    return await result
-            except TimeoutError:
-                return command.command_id
-    except (KafkaError, TimeoutError) as error:
-        log.warning("publishing a command failed: %r", error)
-        raise ApiError(503, "Service unavailable", "Kafka is unreachable") from error
-
-
-def _respond(outcome: CommandResult | str, success_code: int | None = None) -> Response:
-    if isinstance(outcome, str):
-        return json_response({"command_id": outcome}, 202)
-    if outcome.status == "rejected" or outcome.group is None:
-        body = {"code": outcome.code, "error": outcome.error, "details": outcome.details}
-        return json_response(body, outcome.code)
-    if success_code == 204:
-        return Response(status_code=204, headers=_etag(outcome.group["version"]))
-    response = _group_response(outcome.group, outcome.code)
-    if outcome.code == 201:
-        response.headers["Location"] = f"{PREFIX}/{outcome.group['id']}"
-    return response
 
 
 router = APIRouter(prefix=PREFIX, tags=["customer groups"])
@@ -172,7 +80,7 @@ async def list_groups(
         else _from_ms(updated_at_max) + timedelta(microseconds=999),
         carried.include_deleted if include_deleted is None else include_deleted,
     )
-    with _reading():
+    with reading():
         result = await queries.list_groups(
             container_of(request).pool,
             organization_id,
@@ -196,18 +104,6 @@ def _from_ms(millis: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=millis)
 
 
-@contextlib.contextmanager
-def _reading() -> Iterator[None]:
-    """PostgreSQL unreachable (or shedding load) is a 503 for reads, as Kafka is for writes."""
-    try:
-        yield
-    except Exception as error:
-        if not is_transient(error):
-            raise
-        log.warning("reading groups failed: %r", error)
-        raise ApiError(503, "Service unavailable", "PostgreSQL is unreachable") from error
-
-
 @router.get("/{group_id}", response_model=GroupBody, responses=ERRORS)
 async def get_group(
     request: Request,
@@ -217,13 +113,13 @@ async def get_group(
     include_deleted: bool = False,
 ) -> Response:
     """One group; ETag is its version."""
-    with _reading():
+    with reading():
         group: Group | None = await queries.get_group(
             container_of(request).pool, organization_id, checked_group_id(group_id)
         )
     if group is None or (group.deleted_at is not None and not include_deleted):
         raise ApiError.of(GroupNotFound(group_id))
-    return _group_response(group_json(group), 200)
+    return group_response(group_json(group), 200)
 
 
 @router.post("", status_code=201, response_model=GroupBody, responses=WRITE_RESPONSES)
@@ -235,7 +131,7 @@ async def create_group(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     fields = {"type": "group.create", **body.model_dump(exclude_unset=True)}
-    return _respond(await _execute(request, organization_id, idempotency_key, fields))
+    return respond(await execute(request, organization_id, idempotency_key, fields))
 
 
 @router.put("/{group_id}", response_model=GroupBody, responses=WRITE_RESPONSES)
@@ -252,7 +148,7 @@ async def replace_group(
     if body.name is None:
         raise ApiError(422, InvalidCommand.error, "Name is required")
     fields = _update(group_id, if_match) | body.model_dump()
-    return _respond(await _execute(request, organization_id, idempotency_key, fields))
+    return respond(await execute(request, organization_id, idempotency_key, fields))
 
 
 @router.patch("/{group_id}", response_model=GroupBody, responses=WRITE_RESPONSES)
@@ -267,14 +163,11 @@ async def patch_group(
 ) -> Response:
     """Partial update: only the fields sent change."""
     fields = _update(group_id, if_match) | body.model_dump(exclude_unset=True)
-    return _respond(await _execute(request, organization_id, idempotency_key, fields))
+    return respond(await execute(request, organization_id, idempotency_key, fields))
 
 
 def _update(group_id: str, if_match: str | None) -> dict[str, Any]:
-    fields: dict[str, Any] = {"type": "group.update", "group_id": checked_group_id(group_id)}
-    if (version := expected_version(if_match)) is not None:
-        fields["expected_version"] = version
-    return fields
+    return guarded({"type": "group.update", "group_id": checked_group_id(group_id)}, if_match)
 
 
 @router.delete("/{group_id}", status_code=204, response_class=Response, responses=WRITE_RESPONSES)
@@ -286,15 +179,15 @@ async def delete_group(
     idempotency_key: IdempotencyKey = None,
     if_match: IfMatch = None,
 ) -> Response:
-    fields: dict[str, Any] = {"type": "group.delete", "group_id": checked_group_id(group_id)}
-    if (version := expected_version(if_match)) is not None:
-        fields["expected_version"] = version
-    outcome = await _execute(request, organization_id, idempotency_key, fields)
-    return _respond(outcome, success_code=204)
+    fields = guarded({"type": "group.delete", "group_id": checked_group_id(group_id)}, if_match)
+    outcome = await execute(request, organization_id, idempotency_key, fields)
+    return respond(outcome, success_code=204)
 
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
     """Mount the API; the app's lifespan puts a started ResultWaiter on app.state.results."""
     app.include_router(router)
+    app.include_router(members.router)
+    app.include_router(members.customers)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)

@@ -8,6 +8,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from service.domain.commands import (
+    CUSTOMER_ID_MAX,
+    CUSTOMER_IDS_MAX,
     DESCRIPTION_MAX,
     NAME_MAX,
     PLATFORM_ID_MAX,
@@ -15,6 +17,7 @@ from service.domain.commands import (
 from service.entrypoints.asyncapi import GroupSchema
 
 PREFIX = "/api/v1/customer-groups"
+CUSTOMERS_PREFIX = "/api/v1/customers"
 
 
 def _encodable(text: str) -> str:
@@ -39,17 +42,33 @@ class ErrorBody(BaseModel):
     details: Any = None
 
 
+_NEXT_CURSOR = "Pass as `cursor` for the next page; null at the end."
+
+
 class GroupBody(BaseModel):
     customer_group: GroupSchema
 
 
 class GroupList(BaseModel):
     customer_groups: list[GroupSchema]
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null at the end."
-    )
+    next_cursor: str | None = Field(description=_NEXT_CURSOR)
     page: int
     limit: int
+
+
+class Member(BaseModel):
+    customer_id: str = Field(examples=["cus_1"])
+    added_at: str = Field(examples=["2026-11-22T10:30:00.123456Z"])
+
+
+class MemberList(BaseModel):
+    customers: list[Member] = Field(description="In customer_id order")
+    next_cursor: str | None = Field(description=_NEXT_CURSOR)
+
+
+class CustomerGroupList(BaseModel):
+    customer_groups: list[GroupSchema] = Field(description="Live groups only, in id order")
+    next_cursor: str | None = Field(description=_NEXT_CURSOR)
 
 
 class Accepted(BaseModel):
@@ -69,6 +88,20 @@ class CreateBody(BaseModel):
     description: Text | None = Field(None, description=f"At most {DESCRIPTION_MAX} characters")
     platform_id: Text | None = Field(
         None, description=f"At most {PLATFORM_ID_MAX} characters: the id on another platform"
+    )
+
+
+class CustomersBody(BaseModel):
+    # As CreateBody: the command's validators judge the ids, with the command's messages.
+    model_config = ConfigDict(extra="forbid")
+
+    customer_ids: list[Text] = Field(
+        description=(
+            f"1-{CUSTOMER_IDS_MAX:,} ids, each 1-{CUSTOMER_ID_MAX} characters with no control"
+            " characters and no leading or trailing whitespace; an id repeated counts once."
+        ),
+        json_schema_extra={"minItems": 1, "maxItems": CUSTOMER_IDS_MAX},
+        examples=[["cus_1", "cus_2"]],
     )
 
 
@@ -94,6 +127,10 @@ ERRORS = _errors(
 )
 
 
+# A customer's groups: a customer unknown here is in no group, which is no error.
+CUSTOMER_ERRORS = {code: answer for code, answer in ERRORS.items() if code != 404}
+
+
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     **_errors(
@@ -107,4 +144,10 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": Accepted,
         "description": "Kafka has the command, but its result did not come within the wait",
     },
+}
+
+
+MEMBER_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **WRITE_RESPONSES,
+    **_errors((409, "Version conflict, or Idempotency-Key reused with another body")),
 }

@@ -18,14 +18,13 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from service.config import Settings
+from service.escaping import printable, printable_json
 from service.ops import republish
 from service.ops.common import (
     OpsError,
     Progress,
     parse_partition_offset,
     parse_time,
-    printable,
-    printable_json,
 )
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

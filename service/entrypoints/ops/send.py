@@ -35,12 +35,23 @@ def register(subparsers: Subparsers) -> None:
         ),
     )
     parser.add_argument("--file", help="a JSON command (- for stdin)")
-    parser.add_argument("--type", choices=sorted(send.COMMAND_TYPES), help="group.<type>")
+    parser.add_argument(
+        "--type",
+        choices=sorted(send.COMMAND_TYPES),
+        help="group.create, group.update, group.delete, group.customers.add or"
+        " group.customers.remove",
+    )
     parser.add_argument("--organization", help="organization_id")
     parser.add_argument("--group", help="group_id")
     parser.add_argument("--name")
     parser.add_argument("--description")
     parser.add_argument("--platform-id")
+    parser.add_argument(
+        "--customer",
+        action="append",
+        metavar="CUSTOMER_ID",
+        help="a customer id, for add-customers and remove-customers (repeatable)",
+    )
     parser.add_argument("--expected-version", type=int)
     parser.add_argument("--command-id", help="default: a new UUID")
     parser.add_argument(
@@ -76,6 +87,7 @@ def _command(args: argparse.Namespace) -> dict[str, Any]:
         name=args.name,
         description=args.description,
         platform_id=args.platform_id,
+        customer_ids=args.customer,
         expected_version=args.expected_version,
         command_id=args.command_id,
     )
