@@ -26,12 +26,14 @@ from service.adapters.postgres.command_store import CommandStore
 from service.adapters.postgres.db import Pool, create_pool, migrate
 from service.adapters.postgres.members import MemberPurger
 from service.adapters.postgres.outbox_store import PostgresOutbox
+from service.applier import CommandConsumer
 from service.config import Settings
 from service.entrypoints.asyncapi import document_topics
 from service.entrypoints.consumer import subscribe
 from service.observability import Health, Metrics
-from service.pipeline import CommandConsumer, Pipeline
-from service.relay import OutboxRelay, Pruner
+from service.pipeline import Pipeline
+from service.pruner import Pruner
+from service.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
 

@@ -12,168 +12,38 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import csv
 import hashlib
-import io
-import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from service.config import Settings
-from service.domain.commands import CUSTOMER_IDS_MAX, GROUP_ID, customer_id_problem
+from service.domain.commands import CUSTOMER_IDS_MAX, GROUP_ID
 from service.escaping import printable
 from service.ops.common import (
     QUIET,
     Advance,
     OpsError,
     Progress,
-    chunks,
     database,
+)
+from service.ops.members_file import (
+    FileScan,
+    id_chunks,
+    scan,
 )
 from service.ops.send import Exchange, exchange
 
 ADD = "group.customers.add"
 
-BAD_LINES_SHOWN = 20
-_BAD_TEXT_MAX = 80
 DEFAULT_IN_FLIGHT = 16
 DEFAULT_TIMEOUT_S = 30.0
 
-Write = Callable[[Sequence[str]], None]
 
 SELECT_LIVE_GROUP = """
 SELECT customer_count FROM customer_groups
 WHERE organization_id = $1 AND id = $2 AND deleted_at IS NULL
 """
-
-# A deleted group's member rows stay until the pruner purges them: the join keeps them out.
-# The primary key (organization_id, group_id, customer_id) serves the order, so the rows
-# stream from the index without a sort.
-SELECT_MEMBER_IDS = """
-SELECT m.customer_id
-FROM customer_groups g
-JOIN group_members m ON m.organization_id = g.organization_id AND m.group_id = g.id
-WHERE g.organization_id = $1 AND g.id = $2 AND g.deleted_at IS NULL
-ORDER BY m.customer_id
-"""
-
-
-def line_problem(text: str) -> str | None:
-    """Why a line cannot be a customer id, or None when it can."""
-    if any("\udc80" <= c <= "\udcff" for c in text):
-        return "not UTF-8"
-    return customer_id_problem(text)
-
-
-@dataclass(frozen=True, slots=True)
-class BadLine:
-    line: int
-    problem: str
-    text: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"line": self.line, "problem": self.problem, "text": self.text}
-
-
-def _shown(text: str) -> str:
-    """A bad line as it may be shown: escaped for a terminal (and for JSON, which cannot
-    carry the lone surrogates that stand for bytes that are not UTF-8), and shortened."""
-    escaped = printable(text)
-    return escaped if len(escaped) <= _BAD_TEXT_MAX else escaped[:_BAD_TEXT_MAX] + "…"
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    number: int
-    customer_id: str | None
-    bad: BadLine | None = None
-
-
-_BOM = b"\xef\xbb\xbf"
-
-
-def read_lines(data: bytes, column: str | None = None) -> Iterator[Line]:
-    """The ids in `data`: one a line, or the named column of a CSV file with a header.
-    Empty lines are skipped."""
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
-    if column is None:
-        yield from _plain_lines(data)
-    else:
-        yield from _csv_lines(data, column)
-
-
-def _plain_lines(data: bytes) -> Iterator[Line]:
-    for number, raw in enumerate(io.BytesIO(data), start=1):
-        text = raw.rstrip(b"\n").removesuffix(b"\r").decode(errors="surrogateescape")
-        if text:
-            yield _judged(number, text)
-
-
-def _csv_lines(data: bytes, column: str) -> Iterator[Line]:
-    text = io.TextIOWrapper(io.BytesIO(data), errors="surrogateescape", newline="")
-    rows = csv.reader(text)
-    header = next(rows, None)
-    if header is None or column not in header:
-        found = ", ".join(repr(printable(name)) for name in header or [])
-        raise OpsError(f"the file's header has no column {column!r} (it has: {found or 'none'})")
-    index = header.index(column)
-    try:
-        for row in rows:
-            if not row:
-                continue
-            if index >= len(row):
-                yield Line(rows.line_num, None, BadLine(rows.line_num, f"no {column} column", ""))
-                continue
-            yield _judged(rows.line_num, row[index])
-    except csv.Error as error:
-        raise OpsError(f"line {rows.line_num} is not CSV: {error}") from None
-
-
-def _judged(number: int, text: str) -> Line:
-    problem = line_problem(text)
-    if problem is None:
-        return Line(number, text)
-    return Line(number, None, BadLine(number, problem, _shown(text)))
-
-
-@dataclass(slots=True)
-class FileScan:
-    """What a file holds, read before anything is sent."""
-
-    digest: str
-    ids: int = 0
-    bad_lines: int = 0
-    bad_sample: list[BadLine] = field(default_factory=list)
-
-
-def scan(data: bytes, column: str | None) -> FileScan:
-    found = FileScan(hashlib.sha256(data).hexdigest())
-    for line in read_lines(data, column):
-        if line.bad is None:
-            found.ids += 1
-            continue
-        found.bad_lines += 1
-        if len(found.bad_sample) < BAD_LINES_SHOWN:
-            found.bad_sample.append(line.bad)
-    return found
-
-
-def id_chunks(data: bytes, column: str | None, size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in read_lines(data, column):
-        if line.customer_id is None:
-            continue
-        chunk.append(line.customer_id)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def import_key(
@@ -373,58 +243,3 @@ async def _settle(
     outcome.rejected += count
     outcome.rejections.append(Rejection(index, result.get("code"), result.get("error")))
     return True
-
-
-async def export_members(
-    settings: Settings,
-    organization: str,
-    group_id: str,
-    write: Write,
-    *,
-    progress: Progress = QUIET,
-    batch_size: int = 5000,
-) -> int:
-    """Pass the group's member ids to `write`, in order, a batch at a time; returns how
-    many. The group must be live and the organization's."""
-    _check_group_id(group_id)
-    exported = 0
-    # One snapshot: the count the progress bar shows is the rows that follow.
-    async with (
-        database(settings) as pool,
-        pool.acquire() as conn,
-        conn.transaction(isolation="repeatable_read", readonly=True),
-    ):
-        group = await conn.fetchrow(SELECT_LIVE_GROUP, organization, group_id)
-        if group is None:
-            raise _no_live_group(organization, group_id)
-        with progress.task("exporting customers", group["customer_count"]) as step:
-            rows = conn.cursor(SELECT_MEMBER_IDS, organization, group_id, prefetch=batch_size)
-            async for batch in chunks(rows, batch_size):
-                write([row["customer_id"] for row in batch])
-                exported += len(batch)
-                step(len(batch))
-    return exported
-
-
-@contextlib.contextmanager
-def file_writer(path: Path) -> Iterator[Write]:
-    """Lines into `path`, which appears (or is replaced) only once all are written: an
-    export that fails half way leaves no file that looks complete."""
-    try:
-        handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".part"
-        )
-    except OSError as error:
-        raise OpsError(f"cannot write in {path.parent}: {error.strerror}") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
-
-            def write(ids: Sequence[str]) -> None:
-                out.write("".join(f"{customer_id}\n" for customer_id in ids))
-
-            yield write
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise

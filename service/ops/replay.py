@@ -27,6 +27,7 @@ from service.adapters.kafka.clients import client_options
 from service.adapters.kafka.results import CommandPublisher, DeadLetter, Reply
 from service.adapters.postgres.command_store import SELECT_PROCESSED, CommandStore
 from service.adapters.postgres.db import Pool
+from service.applier import CommandConsumer
 from service.config import Settings
 from service.observability import Metrics
 from service.ops.common import (
@@ -44,7 +45,6 @@ from service.ops.common import (
     span_since,
 )
 from service.parsing import Invalid, parse_command
-from service.pipeline import CommandConsumer
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from service.bootstrap import Container
 from service.config import Settings
 from service.domain.commands import AddCustomers
-from service.ops import members
+from service.ops import members, members_export, members_file
 from service.ops.common import Advance, Progress
 from service.ops.replay import Start, replay_oneoff
 from tests.e2e.test_ops_cli import CliWithErrors, cli_runner, terminal_controls
@@ -290,7 +290,7 @@ async def test_export_writes_exactly_the_live_groups_members_in_order(
     assert (code, out.split("\n")) == (0, [*expected, ""])
 
     batches: list[list[str]] = []
-    count = await members.export_members(
+    count = await members_export.export_members(
         settings, "org_a", group_id, lambda ids: batches.append(list(ids)), batch_size=7
     )
     assert count == len(expected)
@@ -451,4 +451,4 @@ def test_the_import_judges_an_id_as_the_command_does() -> None:
             valid = False
         else:
             valid = True
-        assert (members.line_problem(sample) is None) == valid, repr(sample)
+        assert (members_file.line_problem(sample) is None) == valid, repr(sample)

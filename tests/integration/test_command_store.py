@@ -29,7 +29,7 @@ from service.domain.ports import AnyCommand
 from service.domain.results import CommandResult
 from service.handlers import Incoming, apply_commands
 from service.observability import Metrics
-from service.relay import Pruner
+from service.pruner import Pruner
 from tests.unit.fakes import ORG, OTHER_ORG, create, delete, update
 
 # What a session could carry from one use to the next: locks, settings changed from what a

@@ -20,7 +20,7 @@ from service.adapters.postgres.outbox_store import PostgresOutbox
 from service.config import Settings
 from service.domain.model import Group, group_json
 from service.observability import Metrics
-from service.relay import Pruner
+from service.pruner import Pruner
 from tests.e2e.http_support import TcpProxy
 from tests.relay_support import (
     apply,

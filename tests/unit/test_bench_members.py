@@ -6,7 +6,8 @@ from collections import Counter
 
 import orjson
 
-from service.bench.members import COMMANDS_PER_GROUP, IDS_PER_COMMAND, plan_adds
+from service.bench.members import plan_adds
+from service.bench.members_plan import COMMANDS_PER_GROUP, IDS_PER_COMMAND
 from service.domain.commands import AddCustomers
 
 

@@ -14,11 +14,12 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from service.adapters.kafka.results import DeadLetter, Reply
+from service.applier import CommandConsumer
 from service.domain.ports import AnyCommand
 from service.handlers import Incoming
 from service.lanes import LANE_MIN_COMMANDS, LaneOrder, LaneStopped, split_lanes
 from service.observability import Metrics
-from service.pipeline import CommandConsumer, Pipeline
+from service.pipeline import Pipeline
 from service.retry import is_transient
 from tests.unit.fakes import FakeBatch, FakeCommandStore
 from tests.unit.fakes import create as create_command

@@ -1,5 +1,8 @@
 """Commands' effects in PostgreSQL: one transaction per batch, loaded and written with
-set-based statements, while each command keeps its own outcome."""
+set-based statements, while each command keeps its own outcome.
+
+One concern that reads best whole: the batch's one read and one write are long statements
+whose numbered parameters are bound by the code below them, and they change together."""
 
 from __future__ import annotations
 

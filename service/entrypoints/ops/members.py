@@ -20,7 +20,7 @@ from service.entrypoints.ops.cli import (
     say,
 )
 from service.escaping import printable
-from service.ops import members
+from service.ops import members, members_export
 from service.ops.common import OpsError
 
 
@@ -152,12 +152,12 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
         raise OpsError("--json prints a summary, so the ids need --output FILE")
     progress = progress_of(args)
     if args.output:
-        with members.file_writer(Path(args.output)) as write:
-            count = await members.export_members(
+        with members_export.file_writer(Path(args.output)) as write:
+            count = await members_export.export_members(
                 settings, args.organization, args.group, write, progress=progress
             )
     else:
-        count = await members.export_members(
+        count = await members_export.export_members(
             settings, args.organization, args.group, _stdout_writer(), progress=progress
         )
     if args.json:
@@ -174,7 +174,7 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _stdout_writer() -> members.Write:
+def _stdout_writer() -> members_export.Write:
     # Ids may hold bidirectional controls and the like: harmless in a file or a pipe,
     # where the ids must stay byte for byte, but not on a terminal.
     shown = printable if sys.stdout.isatty() else str
