@@ -37,13 +37,15 @@ class FakeBroker:
         self.acknowledges = acknowledges
         self.error = error
         self.published: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
 
-    async def publish(self, message: bytes, topic: str, **_: Any) -> None:
+    async def publish(self, message: bytes, topic: str, **options: Any) -> None:
         if self.error is not None:
             raise self.error
         if not self.acknowledges:
             await asyncio.Event().wait()
         self.published.append(message)
+        self.headers.append(dict(options.get("headers") or {}))
 
 
 class FakePool:
@@ -722,3 +724,21 @@ async def test_the_membership_routes_are_documented_with_their_errors() -> None:
     assert "customer_count" in schemas["GroupSchema"]["properties"]
     limit = next(p for p in paths[members]["get"]["parameters"] if p["name"] == "limit")
     assert (limit["schema"]["default"], limit["schema"]["maximum"]) == (50, 1000)
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "copied"),
+    [
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),
+        ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", False),
+        ("not a traceparent", False),
+    ],
+)
+async def test_only_a_valid_traceparent_goes_on_the_command(traceparent: str, copied: bool) -> None:
+    container = FakeContainer(settings())
+    async with client_of(container) as client:
+        await client.post(
+            GROUPS, json={"name": "VIP"}, headers={**ORG_A, "traceparent": traceparent}
+        )
+    [headers] = container.broker.headers
+    assert (headers.get("traceparent") == traceparent) is copied

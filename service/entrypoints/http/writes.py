@@ -17,6 +17,7 @@ from service.adapters.kafka.result_waiter import ResultWaiter
 from service.config import Settings
 from service.domain.commands import valid_command_id
 from service.domain.errors import InvalidCommand
+from service.domain.headers import valid_traceparent
 from service.domain.ports import AnyCommand
 from service.domain.results import CommandResult
 from service.entrypoints.http.deps import container_of, expected_version
@@ -64,7 +65,9 @@ async def execute(
         settings, {"command_id": command_id, "organization_id": organization_id, **fields}
     )
     headers = {"content-type": "application/json"}
-    if traceparent := request.headers.get("traceparent"):
+    # Checked here as the consumer would: an invalid one is not copied onto the command.
+    traceparent = request.headers.get("traceparent")
+    if traceparent and valid_traceparent(traceparent):
         headers["traceparent"] = traceparent
     correlation_id = str(uuid.uuid4())
     # One deadline for both steps, so that no write waits longer than the setting says.
