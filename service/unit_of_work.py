@@ -135,6 +135,9 @@ class StagedMemberships:
         self.removed: list[tuple[Group, Sequence[str]]] = []
         self.purged: list[Group] = []
 
+    def clear(self) -> None:
+        self.added, self.removed, self.purged = [], [], []
+
     async def members(self, group: Group, customer_ids: Sequence[str]) -> set[str]:
         members = self._staging.members
         return {c for c in customer_ids if (group.id, c) in members}
@@ -196,7 +199,7 @@ class StagedUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         self.groups.pending = None
-        self.members = StagedMemberships(self._staging)
+        self.members.clear()
         self.outbox.pending = []
         self.processed.pending = None
 

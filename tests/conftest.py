@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,6 +29,7 @@ from service.adapters.kafka.topics import ensure_topics
 from service.adapters.postgres.db import create_pool, migrate
 from service.bootstrap import Container, lifespan
 from service.config import Settings
+from tests.kafka_node import KafkaNode, missing_requirements
 from tests.support import KafkaProbe, wait_until_assigned
 
 SERVICE_FOLDER = str(resources.files("service")) + os.sep
@@ -208,3 +210,21 @@ async def kafka(settings: Settings) -> AsyncIterator[KafkaProbe]:
     await probe.start()
     yield probe
     await probe.stop()
+
+
+@pytest.fixture
+async def private_kafka(tmp_path: Path) -> AsyncIterator[KafkaNode]:
+    """A broker of this test's own, with no topic at all: the shared one stays up for
+    everyone else."""
+    reason = missing_requirements()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"a private Kafka node is needed: {reason}", pytrace=False)
+        pytest.skip(f"a private Kafka node is needed: {reason}")
+    node = KafkaNode(tmp_path / "kafka")
+    node.start()
+    try:
+        await node.wait_ready()
+        yield node
+    finally:
+        node.kill()

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,7 +19,7 @@ from service.adapters.kafka.clients import client_options
 from service.bootstrap import lifespan
 from service.config import Settings
 from tests.conftest import make_settings
-from tests.kafka_node import KafkaNode, missing_requirements
+from tests.kafka_node import KafkaNode
 from tests.support import KafkaProbe, command
 
 # Well under the 5 minutes a consumer assigned no partitions waits for its next metadata.
@@ -51,23 +49,6 @@ async def fresh_settings(endpoints: tuple[str, str], test_database: str) -> Asyn
     await delete_topics(value, prefix)
 
 
-@pytest.fixture
-async def empty_kafka(tmp_path: Path) -> AsyncIterator[KafkaNode]:
-    """A broker of this test's own, with no topic at all (not even __consumer_offsets)."""
-    reason = missing_requirements()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"a private Kafka node is needed: {reason}", pytrace=False)
-        pytest.skip(f"a private Kafka node is needed: {reason}")
-    node = KafkaNode(tmp_path / "kafka")
-    node.start()
-    try:
-        await node.wait_ready()
-        yield node
-    finally:
-        node.kill()
-
-
 async def first_result(settings: Settings) -> dict[str, Any]:
     """Start the service on topics it creates, then ask it one command."""
     async with lifespan(settings):
@@ -86,9 +67,9 @@ async def test_a_first_start_consumes_within_seconds(fresh_settings: Settings) -
 
 
 async def test_a_first_start_on_an_empty_broker_consumes_within_seconds(
-    empty_kafka: KafkaNode, test_database: str
+    private_kafka: KafkaNode, test_database: str
 ) -> None:
-    settings = make_settings(test_database, empty_kafka.bootstrap, f"t{uuid.uuid4().hex[:8]}")
+    settings = make_settings(test_database, private_kafka.bootstrap, f"t{uuid.uuid4().hex[:8]}")
     assert (await first_result(settings))["code"] == 201
 
 

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -20,7 +20,7 @@ from service.adapters.kafka.topics import ensure_topics
 from service.adapters.postgres import outbox_store
 from service.bootstrap import Role, lifespan
 from service.config import Settings
-from tests.kafka_node import KafkaNode, die_with_parent, missing_requirements
+from tests.kafka_node import KafkaNode, die_with_parent
 from tests.relay_support import (
     Downstream,
     apply,
@@ -37,23 +37,6 @@ from tests.relay_support import (
 from tests.support import KafkaProbe
 
 OUTAGE_S = 20
-
-
-@pytest.fixture
-async def private_kafka(tmp_path: Path) -> AsyncIterator[KafkaNode]:
-    """A broker of this test's own: the shared one must stay up for everyone else."""
-    reason = missing_requirements()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"a private Kafka node is needed: {reason}", pytrace=False)
-        pytest.skip(f"a private Kafka node is needed: {reason}")
-    node = KafkaNode(tmp_path / "kafka")
-    node.start()
-    try:
-        await node.wait_ready()
-        yield node
-    finally:
-        node.kill()
 
 
 async def read_events(settings: Settings, expected: set[str]) -> list[Record]:
