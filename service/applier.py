@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeAlias, TypeVar
@@ -18,9 +19,10 @@ from service.domain.ports import CommandStore
 from service.domain.results import CommandResult
 from service.handlers import Incoming, apply_commands
 from service.lanes import LaneOrder, LaneStopped, by_weight, split_lanes
-from service.observability import Metrics, RateLimitedLog
+from service.observability import Metrics, RateLimitedLog, command_ids
 from service.parsing import Invalid, WireHeaders, parse_command, read_headers
 from service.retry import retrying
+from service.tracing import CommandSpans, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class Outcome:
     started: float
     replies: list[Reply | None]
     dead: list[DeadLetter]
+    spans: CommandSpans | None = None
 
 
 MISROUTED_LOG_EVERY_S = 60.0
@@ -59,6 +62,8 @@ class CommandConsumer:
         retry_max_s: float = 5.0,
         lanes: int = 1,
         own_topics: frozenset[str] = frozenset(),
+        tracing: Tracing | None = None,
+        consumer_group: str = "",
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -69,6 +74,8 @@ class CommandConsumer:
         self._order = LaneOrder(lanes)
         self._own_topics = own_topics
         self._misrouted = RateLimitedLog(log, MISROUTED_LOG_EVERY_S)
+        self._tracing = tracing or Tracing()
+        self._consumer_group = consumer_group
         self.on_committed: list[asyncio.Event] = []
 
     async def handle_records(self, records: Sequence[Record]) -> None:
@@ -77,11 +84,16 @@ class CommandConsumer:
 
     async def apply_records(self, records: Sequence[Record]) -> Awaitable[None]:
         """Apply a batch in order and return what sends its results."""
+        spans = None
+        if self._tracing.enabled and records:
+            spans = CommandSpans(self._tracing, records[0].topic, self._consumer_group)
         try:
-            outcome = await self._apply(records)
-        except LaneStopped:
-            raise
-        except Exception as error:
+            outcome = await self._apply(records, spans)
+        except BaseException as error:
+            if spans is not None:
+                spans.end()
+            if isinstance(error, LaneStopped) or not isinstance(error, Exception):
+                raise
             await self._isolate(records, error)
             return asyncio.sleep(0)
         return self._deliver(records, outcome)
@@ -94,41 +106,53 @@ class CommandConsumer:
             max_s=self._retry_max_s,
         )
 
-    async def _apply(self, records: Sequence[Record]) -> Outcome:
-        outcome = Outcome(asyncio.get_running_loop().time(), [None] * len(records), [])
+    async def _apply(self, records: Sequence[Record], spans: CommandSpans | None) -> Outcome:
+        outcome = Outcome(asyncio.get_running_loop().time(), [None] * len(records), [], spans)
         incoming: list[tuple[int, Incoming]] = []
         wire = [read_headers(r, self._own_topics, self._metrics.count_refused) for r in records]
+        # The traceparent a command's result and events carry: its span's, or the producer's.
+        traceparents = [w.traceparent for w in wire]
         for position, record in enumerate(records):
             parsed = parse_command(record.value, self._max_bytes)
+            if spans is not None:
+                group_id = getattr(parsed, "group_id", None)
+                about = (parsed.organization_id, parsed.command_id, group_id)
+                where = (record.partition, record.offset)
+                traceparents[position] = spans.start(position, where, traceparents[position], about)
             if not isinstance(parsed, Invalid):
                 self._check_key(record, parsed.organization_id)
-                incoming.append((position, Incoming(parsed, wire[position].traceparent)))
+                incoming.append((position, Incoming(parsed, traceparents[position])))
                 continue
             if parsed.malformed:
                 outcome.dead.append(DeadLetter(record, parsed.reason, parsed.details))
+                if spans is not None:
+                    spans.fail(position, parsed.reason)
             if parsed.command_id and parsed.organization_id:
                 result = CommandResult.rejected(
                     parsed.command_id, parsed.organization_id, InvalidCommand(parsed.details)
                 )
-                outcome.replies[position] = _reply(wire[position], result)
+                outcome.replies[position] = _reply(wire[position], result, traceparents[position])
                 self._metrics.count_command("invalid", result)
         if incoming:
             parts = split_lanes(incoming, self._lanes)
-            applied = await asyncio.gather(
-                *(
-                    self._order.schedule(
-                        p.lanes, partial(self._apply_part, [i for _, i in p.entries])
+            with spans.batch(len(records)) if spans is not None else nullcontext():
+                applied = await asyncio.gather(
+                    *(
+                        self._order.schedule(
+                            p.lanes, partial(self._apply_part, [i for _, i in p.entries])
+                        )
+                        for p in parts
                     )
-                    for p in parts
                 )
-            )
             for part, results in zip(parts, applied, strict=True):
                 for (position, item), done in zip(part.entries, results, strict=True):
                     if isinstance(done, Exception):
                         letter = DeadLetter(records[position], "processing_failed", repr(done))
                         outcome.dead.append(letter)
+                        if spans is not None:
+                            spans.fail(position, "processing_failed")
                         continue
-                    outcome.replies[position] = _reply(wire[position], done)
+                    outcome.replies[position] = _reply(wire[position], done, item.traceparent)
                     self._metrics.count_command(item.command.type, done)
             # Dead letters go out in their records' order, whichever lane failed them.
             outcome.dead.sort(key=lambda d: (d.record.partition, d.record.offset))
@@ -149,13 +173,26 @@ class CommandConsumer:
         except Exception as error:
             if len(items) > 1:
                 return [result for item in items for result in await self._apply_part([item])]
-            log.error("dead-lettering a command that failed: %r", error, exc_info=error)
+            command = items[0].command
+            log.error(
+                "dead-lettering a command that failed: %r",
+                error,
+                exc_info=error,
+                extra=command_ids(command.organization_id, command.command_id, command.group_id),
+            )
             return [error]
         for event in self.on_committed:
             event.set()
         return results
 
     async def _deliver(self, records: Sequence[Record], outcome: Outcome) -> None:
+        try:
+            await self._send(records, outcome)
+        finally:
+            if outcome.spans is not None:
+                outcome.spans.end()
+
+    async def _send(self, records: Sequence[Record], outcome: Outcome) -> None:
         replies = [reply for reply in outcome.replies if reply is not None]
         try:
             await self._retrying(lambda: self._publisher.send(replies, outcome.dead))
@@ -212,8 +249,9 @@ class CommandConsumer:
             " e.g. partition %d offset %d",
             record.partition,
             record.offset,
+            extra=command_ids(organization_id),
         )
 
 
-def _reply(wire: WireHeaders, result: CommandResult) -> Reply:
-    return Reply(result, wire.reply_to, wire.correlation_id)
+def _reply(wire: WireHeaders, result: CommandResult, traceparent: str | None) -> Reply:
+    return Reply(result, wire.reply_to, wire.correlation_id, traceparent)

@@ -34,6 +34,7 @@ from service.observability import Health, Metrics
 from service.pipeline import Pipeline
 from service.pruner import Pruner
 from service.relay import OutboxRelay
+from service.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Container:
     metrics: Metrics
     health: Health
     roles: frozenset[Role]
+    tracing: Tracing = field(default_factory=Tracing)
     subscriber: Any = None
     relay: OutboxRelay | None = None
     copies: ReplyCopies | None = None
@@ -97,8 +99,11 @@ async def lifespan(
     settings: Settings,
     roles: frozenset[Role] = ALL_ROLES,
     on_fatal: Callable[[BaseException], None] = lambda _: None,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[Container]:
-    """`on_fatal`: called when a part cannot go on and the process should exit."""
+    """`on_fatal`: called when a part cannot go on and the process should exit. `tracing`:
+    its owner shuts it down (none: no spans)."""
+    tracing = tracing or Tracing()
     pool = await create_pool(settings)
     command_pool: Pool | None = None
     try:
@@ -112,7 +117,7 @@ async def lifespan(
         await _prepare_topics(settings, roles)
         broker = create_broker(settings)
         producer = create_producer(settings)
-        container = Container(settings, pool, broker, Metrics(), Health(), roles)
+        container = Container(settings, pool, broker, Metrics(), Health(), roles, tracing)
         copies = ReplyCopies(
             create_copy_producer(client_options(settings), settings.kafka_client_id),
             container.metrics,
@@ -120,12 +125,14 @@ async def lifespan(
         )
         container.copies = copies
         consumer = CommandConsumer(
-            CommandStore(command_pool),
+            CommandStore(command_pool, tracing.tracer),
             CommandPublisher(producer, settings, copies, container.metrics),
             container.metrics,
             settings.command_max_bytes,
             lanes=settings.command_lanes,
             own_topics=frozenset(settings.topics),
+            tracing=tracing,
+            consumer_group=settings.kafka_consumer_group,
         )
         pipeline = Pipeline(consumer, health=container.health, on_stopped=on_fatal)
         if Role.CONSUMER in roles:
@@ -140,7 +147,9 @@ async def lifespan(
             if Role.RELAY in roles and settings.relay_enabled:
                 await relay_producer.start()
                 state_topic = settings.topic_state if settings.relay_publish_state else None
-                publisher = EventPublisher(relay_producer, settings, state_topic=state_topic)
+                publisher = EventPublisher(
+                    relay_producer, settings, state_topic=state_topic, tracing=tracing
+                )
                 relay = OutboxRelay(
                     PostgresOutbox(pool),
                     publisher,

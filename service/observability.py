@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from opentelemetry import trace
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,6 +18,7 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from service.domain.headers import Refused
@@ -173,13 +175,32 @@ class RateLimitedLog:
         self._next = 0.0
         self._held = 0
 
-    def warning(self, message: str, *args: object) -> None:
+    def warning(self, message: str, *args: object, extra: dict[str, str] | None = None) -> None:
         now = time.monotonic()
         if now < self._next:
             self._held += 1
             return
         held, self._held, self._next = self._held, 0, now + self._every_s
-        self._log.warning(message + " (%d more since the last warning)", *args, held)
+        self._log.warning(message + " (%d more since the last warning)", *args, held, extra=extra)
+
+
+class TraceIds(logging.Filter):
+    """Puts the current span's trace_id and span_id on a record made inside one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = f"{context.trace_id:032x}"
+            record.span_id = f"{context.span_id:016x}"
+        return True
+
+
+def command_ids(
+    organization_id: str | None, command_id: str | None = None, group_id: str | None = None
+) -> dict[str, str]:
+    """`extra` fields of a log line about one command (checked values: no forging in JSON)."""
+    known = {"organization_id": organization_id, "command_id": command_id, "group_id": group_id}
+    return {k: v for k, v in known.items() if v}
 
 
 class TextFormatter(logging.Formatter):
@@ -193,14 +214,18 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(level: str, as_json: bool) -> None:
     """LOG_JSON=true: one JSON object per line (ISO 8601 UTC time, level, logger, message,
-    the traceback inside the object, and any `extra` fields); values are JSON strings, so no
+    the traceback inside the object, trace_id and span_id inside a span, and any `extra`
+    fields such as organization_id, command_id, group_id); values are JSON strings, so no
     field can be forged. Otherwise escaped text."""
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
+        handler.addFilter(TraceIds())
         handler.setFormatter(
             JsonFormatter(
                 ["levelname", "name", "message"],
                 rename_fields={"levelname": "level", "name": "logger", "exc_info": "traceback"},
+                # uvicorn's copy of the message with terminal colours in it.
+                reserved_attrs=[*RESERVED_ATTRS, "color_message"],
                 timestamp="time",
             )
         )
@@ -208,3 +233,5 @@ def configure_logging(level: str, as_json: bool) -> None:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # The SDK warns of every span a full export queue drops: thousands a second under load.
+    logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)

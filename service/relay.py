@@ -29,7 +29,7 @@ from typing import Protocol
 
 from service.adapters.postgres.outbox_store import OutboxRow, Term
 from service.config import Settings
-from service.observability import Health, Metrics
+from service.observability import Health, Metrics, command_ids
 from service.retry import backoff, is_transient
 
 log = logging.getLogger(__name__)
@@ -221,11 +221,13 @@ class OutboxRelay:
         if parked:
             await leader.park(parked)
             self._metrics.events_parked.inc(sum(r != WAITS_BEHIND for _, r in parked))
+            first = next(r for r in rows if r.group_id in self._parked)
             log.error(
                 "outbox relay parked %d events (of groups %s): %s",
                 len(parked),
                 ", ".join(sorted({r.group_id for r in rows if r.group_id in self._parked})),
                 "; ".join(sorted({r for _, r in parked})),
+                extra=command_ids(first.organization_id, first.command_id, first.group_id),
             )
         if published:
             await leader.mark_published([row.id for row in published])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-PHASES = ("baselines", "throughput", "latency", "relay", "members")
+PHASES = ("baselines", "throughput", "latency", "relay", "members", "tracing")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,14 +23,19 @@ def free_port() -> int:
         return port
 
 
-def service_env(settings: Settings, http_port: int) -> dict[str, str]:
-    """The environment that points a service process at the bench's database and topics."""
+def service_env(
+    settings: Settings, http_port: int, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment that points a service process at the bench's database and topics;
+    tracing stays off unless `extra` turns it on."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     return {
-        **os.environ,
+        **inherited,
         **settings.environment(),
         "HTTP_HOST": "127.0.0.1",
         "HTTP_PORT": str(http_port),
         "LOG_LEVEL": "WARNING",
+        **(extra or {}),
     }
 
 
@@ -58,9 +64,14 @@ def children(pid: int) -> list[int]:
 class ServiceProcess:
     """`customer-groups run` in a child process; tracks its peak memory while it lives."""
 
-    def __init__(self, settings: Settings, roles: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        roles: tuple[str, ...] = (),
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
-        self._env = service_env(settings, self.port)
+        self._env = service_env(settings, self.port, environment)
         self._roles = roles
         self._process: asyncio.subprocess.Process | None = None
         self._sampler: asyncio.Task[None] | None = None

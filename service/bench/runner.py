@@ -7,7 +7,15 @@ import uuid
 
 from service.adapters.kafka.topics import ensure_topics
 from service.adapters.postgres.db import create_pool, migrate
-from service.bench import baselines, kafka_io, members, relay, service_phases, workload
+from service.bench import (
+    baselines,
+    kafka_io,
+    members,
+    relay,
+    service_phases,
+    traced,
+    workload,
+)
 from service.bench.context import BenchRun, Progress
 from service.bench.database import BenchDatabase
 from service.bench.options import BenchOptions, Report
@@ -56,6 +64,8 @@ async def run_bench(
                     await relay.measure(run, own)
                 if "members" not in options.skip and not options.external:
                     await members.measure(run, own)
+                if "tracing" not in options.skip and not options.external:
+                    await traced.measure(run, own)
             finally:
                 await pool.close()
     report.figures["machine"]["loadavg_at_end"] = loadavg()

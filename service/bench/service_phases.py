@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from service.bench import latency, throughput, workload
 from service.bench.context import BenchRun
@@ -32,15 +32,17 @@ async def measure(run: BenchRun, target: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def started(run: BenchRun, target: Settings) -> AsyncIterator[Services]:
+async def started(
+    run: BenchRun, target: Settings, environment: Mapping[str, str] | None = None
+) -> AsyncIterator[Services]:
     """The service in the layout the options ask for (none of its own when `external`),
-    stopped at the end, its peak memory noted."""
+    with `environment` added to its own, stopped at the end, its peak memory noted."""
     o = run.options
     instances = 0 if o.external else o.instances
     roles = ("consumer", "http") if o.relay_process else ()
-    processes = [ServiceProcess(target, roles) for _ in range(instances)]
+    processes = [ServiceProcess(target, roles, environment) for _ in range(instances)]
     if o.relay_process and instances:
-        processes.append(ServiceProcess(target, ("relay",)))
+        processes.append(ServiceProcess(target, ("relay",), environment))
     try:
         await asyncio.gather(*(process.start() for process in processes))
         for process in processes:

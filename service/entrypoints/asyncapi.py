@@ -91,7 +91,8 @@ def document_topics(broker: KafkaBroker, settings: Settings) -> None:
         title=f"{settings.topic_results}:Result",
         description=(
             "One result per command (and per redelivery). Key: organization_id. Header "
-            "correlation_id: the command's, echoed. A copy goes to the command's reply_to "
+            "correlation_id: the command's, echoed; traceparent: the command's span (with "
+            "tracing off, the command's own). A copy goes to the command's reply_to "
             "topic too, unless that names one of the service's own topics."
         ),
         schema=CommandResultSchema,
@@ -104,8 +105,9 @@ def document_topics(broker: KafkaBroker, settings: Settings) -> None:
             "group id. Headers: ce_specversion, ce_id (the same on every re-publish), ce_type "
             "(group.created, group.updated, group.deleted, group.customers_added, "
             "group.customers_removed), ce_source, ce_subject, ce_time, "
-            "content-type, ce_organizationid, ce_groupversion, ce_commandid, and traceparent "
-            "when the command had one."
+            "content-type, ce_organizationid, ce_groupversion, ce_commandid, and traceparent: "
+            "the relay's send span, in the command's trace (with tracing off, the command's "
+            "own traceparent when it had one)."
         ),
         schema=GroupEventSchema,
     )

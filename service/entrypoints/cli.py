@@ -17,6 +17,7 @@ from service.config import Settings
 from service.entrypoints import bench, ops
 from service.entrypoints.http.app import create_app
 from service.observability import configure_logging
+from service.tracing import tracing_from_environment
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -29,7 +30,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         fatal.append(error)
         server.should_exit = True
 
-    app = create_app(settings, roles, on_started=_settle_heap, on_fatal=stop)
+    try:
+        tracing = tracing_from_environment()
+    except ValueError as error:
+        print(f"customer-groups: {error}", file=sys.stderr)
+        return 2
+    app = create_app(settings, roles, on_started=_settle_heap, on_fatal=stop, tracing=tracing)
     config = uvicorn.Config(
         app,
         host=settings.http_host,

@@ -13,6 +13,7 @@ import httpx
 from service.bootstrap import ALL_ROLES, Role
 from service.config import Settings
 from service.entrypoints.http.app import create_app
+from service.tracing import Tracing
 from tests.support import wait_until_assigned
 
 # The `settings` fixture configures token-a=org_a,token-b=org_b.
@@ -23,10 +24,10 @@ GROUPS = "/api/v1/customer-groups"
 
 @contextlib.asynccontextmanager
 async def running_app(
-    settings: Settings, roles: frozenset[Role] = ALL_ROLES
+    settings: Settings, roles: frozenset[Role] = ALL_ROLES, tracing: Tracing | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """create_app(settings) with its lifespan, consuming from real Kafka; httpx talks to it."""
-    app = create_app(settings, roles)
+    app = create_app(settings, roles, tracing=tracing)
     async with app.router.lifespan_context(app):
         await wait_until_assigned(app.state.container)
         transport = httpx.ASGITransport(app=app)

@@ -55,6 +55,11 @@ async def test_bench_smoke_measures_every_figure(endpoints: tuple[str, str]) -> 
         assert isinstance(f[name], int | float) and f[name] > 0, name
     assert f["members"]["added"]["events"] == f["members"]["added"]["commands"] > 0
     assert f["members"]["delete"]["group_members"] >= options.big_group
+    tracing = f["tracing"]
+    assert len(tracing["commands_per_s_off"]) == len(tracing["commands_per_s_on"]) == 2
+    assert tracing["ratio_on_off"] > 0
+    # Each traced run exports at least a process span per command; untraced runs none.
+    assert tracing["spans_exported"] >= 2 * options.commands
 
 
 @pytest.mark.timeout(120)
@@ -63,7 +68,7 @@ async def test_bench_smoke_with_the_relay_in_a_process_of_its_own(
 ) -> None:
     settings = _settings(endpoints)
     options = BenchOptions.smoke(
-        relay_process=True, skip=frozenset({"baselines", "latency", "relay", "members"})
+        relay_process=True, skip=frozenset({"baselines", "latency", "relay", "members", "tracing"})
     )
 
     report = await run_bench(options, settings)
@@ -82,7 +87,7 @@ async def test_bench_smoke_compares_preexisting_groups_by_two_runs_each(
 ) -> None:
     settings = _settings(endpoints)
     options = BenchOptions.smoke(
-        preload=3000, skip=frozenset({"baselines", "latency", "relay", "members"})
+        preload=3000, skip=frozenset({"baselines", "latency", "relay", "members", "tracing"})
     )
 
     report = await run_bench(options, settings)

@@ -22,6 +22,7 @@ from service.config import Settings
 from service.domain.results import CommandResult
 from service.entrypoints.http.app import create_app
 from service.observability import Metrics
+from service.tracing import Tracing
 
 GROUPS = "/api/v1/customer-groups"
 ORG_A = {"Authorization": "Bearer token-a"}
@@ -87,6 +88,7 @@ class FakeContainer:
     broker: FakeBroker = field(default_factory=FakeBroker)
     pool: FakePool = field(default_factory=FakePool)
     metrics: Metrics = field(default_factory=Metrics)
+    tracing: Tracing = field(default_factory=Tracing)
 
 
 def settings(**overrides: Any) -> Settings:

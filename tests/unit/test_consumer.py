@@ -21,6 +21,7 @@ from service.lanes import LANE_MIN_COMMANDS, LaneOrder, LaneStopped, split_lanes
 from service.observability import Metrics
 from service.pipeline import Pipeline
 from service.retry import is_transient
+from tests.otlp_receiver import capturing_tracing
 from tests.unit.fakes import FakeBatch, FakeCommandStore
 from tests.unit.fakes import create as create_command
 
@@ -512,3 +513,80 @@ async def test_headers_that_break_their_rule_are_left_out_and_counted() -> None:
         for h, r in [("reply_to", "service_topic"), ("correlation_id", "too_long")]
     }
     assert refused == {("reply_to", "service_topic"): 1, ("correlation_id", "too_long"): 1}
+
+
+PRODUCER_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_with_tracing_a_command_s_span_continues_its_producer_s_and_is_passed_on() -> None:
+    tracing, exporter = capturing_tracing()
+    store, publisher = FakeCommandStore(), FakePublisher()
+    subject = CommandConsumer(
+        store,
+        publisher,  # type: ignore[arg-type]
+        Metrics(),
+        MAX,
+        tracing=tracing,
+        consumer_group="cg",
+    )
+    traced = [("traceparent", PRODUCER_TRACEPARENT.encode())]
+    await subject.handle_records(
+        [
+            record(0, create("c-1", "VIP"), traced),
+            record(1, b"{not json"),
+            record(2, create("c-2", "B")),
+        ]
+    )
+
+    spans = exporter.spans
+    by_offset = {
+        s.attributes["messaging.kafka.offset"]: s
+        for s in spans
+        if "messaging.kafka.offset" in s.attributes
+    }
+    traced_span, malformed, untraced = by_offset[0], by_offset[1], by_offset[2]
+    assert traced_span.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert traced_span.parent_span_id == "00f067aa0ba902b7"
+    assert untraced.parent_span_id == "" and untraced.trace_id != traced_span.trace_id
+    assert traced_span.attributes["messaging.consumer.group.name"] == "cg"
+    assert traced_span.attributes["customer_groups.command_id"] == "c-1"
+    assert malformed.status_code == 2  # ERROR
+    assert malformed.attributes["error.type"] == "not_json"
+    assert "customer_groups.command_id" not in malformed.attributes
+    # The result and the stored event carry the command's span, not the producer's.
+    passed_on = {r.result.command_id: r.traceparent for r in publisher.replies}
+    assert passed_on["c-1"] == f"00-{traced_span.trace_id}-{traced_span.span_id}-01"
+    assert passed_on["c-2"] == f"00-{untraced.trace_id}-{untraced.span_id}-01"
+    assert [r.traceparent for r in store.outbox] == [passed_on["c-1"], passed_on["c-2"]]
+    [batch] = [s for s in spans if "messaging.batch.message_count" in s.attributes]
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    commands = [(s.trace_id, s.span_id) for s in (traced_span, malformed, untraced)]
+    assert sorted(batch.links) == sorted(commands)
+    assert all(s.links == [(batch.trace_id, batch.span_id)] for s in by_offset.values())
+
+
+async def test_a_command_whose_producer_did_not_sample_it_is_not_recorded_but_passes_it_on() -> (
+    None
+):
+    tracing, exporter = capturing_tracing("parentbased_always_on")
+    store, publisher = FakeCommandStore(), FakePublisher()
+    subject = CommandConsumer(store, publisher, Metrics(), MAX, tracing=tracing)  # type: ignore[arg-type]
+    unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    await subject.handle_records(
+        [record(0, create("c-1", "VIP"), [("traceparent", unsampled.encode())])]
+    )
+
+    assert not [s for s in exporter.spans if "messaging.kafka.offset" in s.attributes]
+    [passed_on] = [r.traceparent for r in publisher.replies]
+    assert passed_on is not None
+    assert passed_on.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    assert passed_on.endswith("-00") and passed_on != unsampled
+
+
+async def test_without_tracing_the_producer_s_traceparent_passes_through() -> None:
+    store, publisher = FakeCommandStore(), FakePublisher()
+    traced = [("traceparent", PRODUCER_TRACEPARENT.encode())]
+    await consumer(store, publisher).handle_records([record(0, create("c-1", "VIP"), traced)])
+
+    assert [r.traceparent for r in publisher.replies] == [PRODUCER_TRACEPARENT]
+    assert [r.traceparent for r in store.outbox] == [PRODUCER_TRACEPARENT]

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from service.adapters.kafka.reply_copies import log as copies_log
-from service.observability import Metrics, configure_logging
+from service.observability import Metrics, command_ids, configure_logging
 
 HOSTILE = 'x","level":"CRITICAL","forged":"1\n{"level":"CRITICAL"}\x1b[2J\u202e'
 
@@ -45,6 +46,26 @@ def test_json_lines_cannot_be_forged_and_keep_their_traceback(
     assert datetime.fromisoformat(first["time"]).utcoffset() is not None
     assert datetime.fromisoformat(first["time"]).utcoffset().total_seconds() == 0  # type: ignore[union-attr]
     assert all("\x1b" not in line for line in lines)
+
+
+def test_a_json_line_made_inside_a_span_names_its_trace_and_span(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO", as_json=True)
+    tracer = TracerProvider().get_tracer("test")
+    copies_log.warning("outside")
+    with tracer.start_as_current_span("work") as span:
+        copies_log.warning("inside", extra=command_ids("org_a", "cmd-1", "grp_1"))
+    outside, inside = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert "trace_id" not in outside and "span_id" not in outside
+    context = span.get_span_context()
+    assert inside["trace_id"] == f"{context.trace_id:032x}"
+    assert inside["span_id"] == f"{context.span_id:016x}"
+    assert (inside["organization_id"], inside["command_id"], inside["group_id"]) == (
+        "org_a",
+        "cmd-1",
+        "grp_1",
+    )
 
 
 def test_text_lines_escape_what_could_split_them_or_drive_a_terminal(

@@ -16,6 +16,7 @@ from service.adapters.postgres.outbox_store import OutboxRow
 from service.config import Settings
 from service.domain.headers import valid_traceparent
 from service.domain.model import format_time
+from service.tracing import SendSpans, Tracing
 
 # Every record the service sends stays under Kafka's default limit of about 1 MiB (the
 # broker's message.max.bytes, the producer's max_request_size), whatever was stored.
@@ -26,7 +27,9 @@ EVENT_MAX_BYTES = 1_000_000
 _EVENT_HEADROOM = 4096
 
 
-def cloudevent_headers(row: OutboxRow, source: bytes) -> list[tuple[str, bytes]]:
+def cloudevent_headers(
+    row: OutboxRow, source: bytes, traceparent: str | None
+) -> list[tuple[str, bytes]]:
     headers = [
         ("ce_specversion", b"1.0"),
         ("ce_id", row.event_id.encode()),
@@ -39,10 +42,16 @@ def cloudevent_headers(row: OutboxRow, source: bytes) -> list[tuple[str, bytes]]
         ("ce_groupversion", str(row.group_version).encode()),
         ("ce_commandid", row.command_id.encode()),
     ]
+    if traceparent:
+        headers.append(("traceparent", traceparent.encode()))
+    return headers
+
+
+def stored_traceparent(row: OutboxRow) -> str | None:
     # Rows written before traceparent was checked may hold one that breaks W3C's rule.
     if row.traceparent and valid_traceparent(row.traceparent):
-        headers.append(("traceparent", row.traceparent.encode()))
-    return headers
+        return row.traceparent
+    return None
 
 
 def state_headers(row: OutboxRow) -> list[tuple[str, bytes]]:
@@ -76,8 +85,10 @@ class EventPublisher:
         *,
         topic: str | None = None,
         state_topic: str | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._producer = producer
+        self._tracing = tracing or Tracing()
         self._source = settings.ce_source.encode()
         self._topic = topic or settings.topic_events
         self._state_topic = state_topic
@@ -95,9 +106,14 @@ class EventPublisher:
     async def publish(self, rows: Sequence[OutboxRow], *, state_only: bool = False) -> None:
         """Returns once Kafka has settled every row; raises if any was not acknowledged."""
         pending: list[asyncio.Future[Any]] = []
+        spans = SendSpans(self._tracing, self._topic)
         if not state_only:
             events = [
-                (row.group_id.encode(), row.payload.encode(), cloudevent_headers(row, self._source))
+                (
+                    row.group_id.encode(),
+                    row.payload.encode(),
+                    cloudevent_headers(row, self._source, self._traceparent(row, spans)),
+                )
                 for row in rows
             ]
             pending += await send_batches(self._producer, self._topic, events)
@@ -106,6 +122,22 @@ class EventPublisher:
             pending += await send_batches(self._producer, self._state_topic, states)
         # Every send settles before this returns, so a relay that hands over after a failed
         # publish has nothing left on its way.
-        for outcome in await asyncio.gather(*pending, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        failed = next(
+            (
+                outcome
+                for outcome in await asyncio.gather(*pending, return_exceptions=True)
+                if isinstance(outcome, BaseException)
+            ),
+            None,
+        )
+        spans.end(failed)
+        if failed is not None:
+            raise failed
+
+    def _traceparent(self, row: OutboxRow, spans: SendSpans) -> str | None:
+        """The event's: its send span's, child of the command's span the row stored."""
+        stored = stored_traceparent(row)
+        if not self._tracing.enabled:
+            return stored
+        values = (row.organization_id, row.group_id, row.event_type)
+        return spans.start(stored, values, row.event_id, row.command_id)

@@ -29,6 +29,8 @@ class Reply:
     reply_to: str | None = None
     # Bytes: it goes back exactly as the producer sent it, UTF-8 or not.
     correlation_id: bytes | None = None
+    # The command span's (or, with tracing off, the producer's checked one).
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,4 +130,6 @@ def _headers(reply: Reply) -> list[tuple[str, bytes]]:
     headers = [JSON_CONTENT]
     if reply.correlation_id is not None:
         headers.append(("correlation_id", reply.correlation_id))
+    if reply.traceparent is not None:
+        headers.append(("traceparent", reply.traceparent.encode()))
     return headers

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from service.adapters.postgres import locks
 from service.adapters.postgres.db import Connection, Pool
@@ -21,6 +22,7 @@ from service.domain.errors import BatchConflict, GroupAlreadyExists, GroupNameTa
 from service.domain.model import Group, name_key
 from service.domain.ports import AnyCommand
 from service.domain.results import CommandResult
+from service.tracing import database_span
 from service.unit_of_work import Processed, Staging
 
 GROUP_COLUMNS = (
@@ -187,9 +189,10 @@ def _json(value: Any) -> str:
 class PostgresBatch(Staging):
     """A Staging loaded from and written to PostgreSQL inside one transaction."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, tracer: Tracer) -> None:
         super().__init__()
         self._conn = conn
+        self._tracer = tracer
         self._size = 0
 
     async def load(self, commands: Sequence[AnyCommand]) -> None:
@@ -254,6 +257,10 @@ class PostgresBatch(Staging):
         return None
 
     async def _write(self) -> None:
+        with database_span(self._tracer, "INSERT", "write commands", self._size):
+            await self._write_batch()
+
+    async def _write_batch(self) -> None:
         changed = self.changed.values()
         updated = [g for g in changed if g.id not in self.new_ids]
         inserted = [g for g in changed if g.id in self.new_ids]
@@ -335,24 +342,28 @@ def conflict_reason(error: asyncpg.UniqueViolationError, batch: PostgresBatch) -
 class CommandStore:
     """Opens batch transactions on the pool."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, tracer: Tracer | None = None) -> None:
         self._pool = pool
+        self._tracer = tracer or NoOpTracer()
 
     @asynccontextmanager
     async def batch(self, commands: Sequence[AnyCommand]) -> AsyncIterator[PostgresBatch]:
+        count = len(commands)
         try:
-            async with self._pool.acquire() as conn:
-                organizations = [c.organization_id for c in commands]
-                await conn.execute(begin_batch(organizations, lone=len(commands) == 1))
-                try:
-                    batch = PostgresBatch(conn)
-                    await batch.load(commands)
-                    yield batch
-                except BaseException:
-                    # Should the connection be broken, the pool's release closes it instead.
-                    with contextlib.suppress(Exception):
-                        await conn.execute("ROLLBACK")
-                    raise
-                await conn.execute("COMMIT")
+            with database_span(self._tracer, "TRANSACTION", "apply commands", count):
+                async with self._pool.acquire() as conn:
+                    organizations = [c.organization_id for c in commands]
+                    await conn.execute(begin_batch(organizations, lone=count == 1))
+                    try:
+                        batch = PostgresBatch(conn, self._tracer)
+                        with database_span(self._tracer, "SELECT", "load commands", count):
+                            await batch.load(commands)
+                        yield batch
+                    except BaseException:
+                        # Should the connection be broken, the pool's release closes it.
+                        with contextlib.suppress(Exception):
+                            await conn.execute("ROLLBACK")
+                        raise
+                    await conn.execute("COMMIT")
         except asyncpg.UniqueViolationError as error:
             raise BatchConflict(str(error)) from error

@@ -12,6 +12,7 @@ import asyncpg
 from service.adapters.postgres import locks
 from service.config import Settings
 from service.domain.model import name_key
+from service.observability import command_ids
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ async def fill_name_keys(conn: Connection) -> None:
             row["id"],
             row["name"],
             row["holder"],
+            extra=command_ids(row["organization_id"], group_id=row["id"]),
         )
 
 

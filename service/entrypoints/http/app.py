@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from faststream.specification import Specification, get_asyncapi_html
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.adapters.kafka.result_waiter import ResultWaiter
@@ -19,9 +20,12 @@ from service.config import Settings
 from service.entrypoints.asyncapi import specification
 from service.entrypoints.http.middleware import RequestMetrics
 from service.entrypoints.http.routes import install
+from service.tracing import Tracing
 
 VERSION = "1.0.0"
 PROBE_TIMEOUT_S = 2.0
+# Probes and scrapes every few seconds would drown the requests worth a trace.
+UNTRACED_PATHS = "/health/live,/health/ready,/metrics"
 
 
 def create_app(
@@ -29,31 +33,37 @@ def create_app(
     roles: frozenset[Role] = ALL_ROLES,
     on_started: Callable[[], None] = lambda: None,
     on_fatal: Callable[[BaseException], None] = lambda _: None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """HTTP_ENABLED=false leaves out the API as a `--role` list without http does; health,
     metrics and docs are served all the same. `on_started` runs once everything has started;
-    `on_fatal` when a part of the service cannot go on."""
+    `on_fatal` when a part of the service cannot go on. `tracing` is shut down, its last
+    spans exported, when the app stops: uvicorn ends the process on a signal right after."""
+    tracing = tracing or Tracing()
     if not settings.http_enabled:
         roles = roles - {Role.HTTP}
 
     @contextlib.asynccontextmanager
     async def app_lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with lifespan(settings, roles, on_fatal) as container:
-            app.state.container = container
-            app.state.results = None
-            app.state.asyncapi = None
-            if Role.HTTP not in roles:
+        try:
+            async with lifespan(settings, roles, on_fatal, tracing) as container:
+                app.state.container = container
+                app.state.results = None
+                app.state.asyncapi = None
+                if Role.HTTP not in roles:
+                    on_started()
+                    yield
+                    return
+                waiter = ResultWaiter(settings)
+                await waiter.start()
+                app.state.results = waiter
                 on_started()
-                yield
-                return
-            waiter = ResultWaiter(settings)
-            await waiter.start()
-            app.state.results = waiter
-            on_started()
-            try:
-                yield
-            finally:
-                await waiter.stop()
+                try:
+                    yield
+                finally:
+                    await waiter.stop()
+        finally:
+            tracing.shutdown()
 
     app = FastAPI(
         title="customer-groups",
@@ -67,6 +77,10 @@ def create_app(
         install(app, max_body_bytes=settings.command_max_bytes)
     # Outermost, so it also times and counts what the other middleware answers.
     app.add_middleware(RequestMetrics)
+    if tracing.enabled:
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=tracing.provider, excluded_urls=UNTRACED_PATHS
+        )
 
     @app.get("/health/live", tags=["ops"])
     async def live() -> dict[str, str]:

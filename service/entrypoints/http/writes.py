@@ -23,7 +23,9 @@ from service.domain.results import CommandResult
 from service.entrypoints.http.deps import container_of, expected_version
 from service.entrypoints.http.errors import ApiError, json_response
 from service.entrypoints.http.schemas import PREFIX
+from service.observability import command_ids
 from service.parsing import Invalid, parse_command
+from service.tracing import ids, send_span
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +68,10 @@ async def execute(
     )
     headers = {"content-type": "application/json"}
     # Checked here as the consumer would: an invalid one is not copied onto the command.
-    traceparent = request.headers.get("traceparent")
-    if traceparent and valid_traceparent(traceparent):
-        headers["traceparent"] = traceparent
+    untraced = request.headers.get("traceparent")
+    if untraced is not None and not valid_traceparent(untraced):
+        untraced = None
+    about = ids(organization_id, command_id, command.group_id)
     correlation_id = str(uuid.uuid4())
     # One deadline for both steps, so that no write waits longer than the setting says.
     deadline = asyncio.get_running_loop().time() + settings.http_command_timeout_s
@@ -77,20 +80,28 @@ async def execute(
             # Until Kafka acknowledges the command it may never be queued: a timeout here
             # is a 503, never the 202 that says the command is queued.
             async with asyncio.timeout_at(deadline):
-                await container.broker.publish(
-                    orjson.dumps(command.model_dump(mode="json", exclude_unset=True)),
-                    settings.topic_commands,
-                    key=organization_id.encode(),
-                    headers=headers,
-                    correlation_id=correlation_id,
-                )
+                topic = settings.topic_commands
+                with send_span(container.tracing, topic, about, untraced) as traceparent:
+                    if traceparent is not None:
+                        headers["traceparent"] = traceparent
+                    await container.broker.publish(
+                        orjson.dumps(command.model_dump(mode="json", exclude_unset=True)),
+                        topic,
+                        key=organization_id.encode(),
+                        headers=headers,
+                        correlation_id=correlation_id,
+                    )
             try:
                 async with asyncio.timeout_at(deadline):
                     return await result
             except TimeoutError:
                 return command.command_id
     except (KafkaError, TimeoutError) as error:
-        log.warning("publishing a command failed: %r", error)
+        log.warning(
+            "publishing a command failed: %r",
+            error,
+            extra=command_ids(organization_id, command_id, command.group_id),
+        )
         raise ApiError(503, "Service unavailable", "Kafka is unreachable") from error
 
 

@@ -1,0 +1,374 @@
+"""Traces with OpenTelemetry, configured only by the standard OTEL_* environment variables.
+
+On when an OTLP endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT` or its traces-only form) and
+`OTEL_SDK_DISABLED` is not true. The SDK reads the rest: `OTEL_SERVICE_NAME` and
+`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`, the exporter's headers, TLS, timeout and
+compression; `OTEL_TRACES_SAMPLER(_ARG)` is read here, for both kinds of span below. Off, no
+span is made: the producer's traceparent passes through onto results and events, and
+per-command code is skipped altogether.
+
+A command's trace: the producer's span → `process <commands topic>` (one per command, a
+batch span linking them, the PostgreSQL work under the batch span) → `send <events topic>`
+in the relay, whose context is the event's traceparent. The outbox stores the command
+span's context, so the event continues the service's trace, not the producer's.
+
+The per-command and per-event spans are `HotSpan`s (adapters.otlp), which cost a small part
+of what the SDK's span objects do; everything else is the SDK's."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, Tracer
+
+from service.adapters.otlp import Exporter, HotSpan, SpanShape, key, link_to
+from service.observability import command_ids
+
+DEFAULT_SERVICE_NAME = "customer-groups"
+SCOPE = "customer-groups"
+SUPPORTED_PROTOCOL = "http/protobuf"
+DEFAULT_SAMPLER = "parentbased_always_on"
+_TRACE_ID_LIMIT = (1 << 64) - 1
+
+
+class Sampling:
+    """The specification's built-in samplers, `OTEL_TRACES_SAMPLER(_ARG)`: an SDK sampler for
+    the SDK's spans, and the same decision for hot spans without the SDK's objects."""
+
+    def __init__(self, name: str = DEFAULT_SAMPLER, ratio: float = 1.0) -> None:
+        self.parent_based = name.startswith("parentbased_")
+        root = name.removeprefix("parentbased_")
+        if root not in ("always_on", "always_off", "traceidratio"):
+            # As the SDK does with a sampler it does not know.
+            self.parent_based, root = True, "always_on"
+        self.ratio = {"always_on": 1.0, "always_off": 0.0}.get(root, min(max(ratio, 0.0), 1.0))
+        self._bound = round(self.ratio * (_TRACE_ID_LIMIT + 1))
+        sdk: Sampler = {"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF}.get(
+            root
+        ) or TraceIdRatioBased(self.ratio)
+        self.sdk = ParentBased(sdk) if self.parent_based else sdk
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Sampling:
+        name = environ.get("OTEL_TRACES_SAMPLER", DEFAULT_SAMPLER).strip().lower()
+        try:
+            ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+        except ValueError:
+            ratio = 1.0
+        return cls(name or DEFAULT_SAMPLER, ratio)
+
+    def sampled(self, parent_flags: int | None, trace_id: int) -> bool:
+        if parent_flags is not None and self.parent_based:
+            return bool(parent_flags & 1)
+        return (trace_id & _TRACE_ID_LIMIT) < self._bound
+
+
+class HotTracer:
+    """Starts and ends hot spans; an ended sampled one goes to the span processor."""
+
+    def __init__(self, sampling: Sampling, emit: Callable[[HotSpan], None]) -> None:
+        self._sampling = sampling
+        self._emit = emit
+
+    def start(
+        self, shape: SpanShape, parent: str | None, values: tuple[str | int | None, ...]
+    ) -> tuple[HotSpan | None, str]:
+        """The span (None when not sampled) and the traceparent its children get. `parent`
+        is a W3C traceparent already checked (domain.headers)."""
+        span_id = random.getrandbits(64) or 1
+        if parent:
+            trace_id, parent_id = int(parent[3:35], 16), int(parent[36:52], 16)
+            sampled = self._sampling.sampled(int(parent[53:55], 16), trace_id)
+        else:
+            trace_id, parent_id = random.getrandbits(128) or 1, 0
+            sampled = self._sampling.sampled(None, trace_id)
+        traceparent = f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+        if not sampled:
+            return None, traceparent
+        span = HotSpan(shape, trace_id, span_id, parent_id, start=time.time_ns(), values=values)
+        return span, traceparent
+
+    def end(self, span: HotSpan) -> None:
+        span.end = time.time_ns()
+        self._emit(span)
+
+
+class Tracing:
+    """The service's tracers, or none at all (`enabled` is False)."""
+
+    def __init__(
+        self,
+        provider: TracerProvider | None = None,
+        processor: SpanProcessor | None = None,
+        sampling: Sampling | None = None,
+    ) -> None:
+        self._provider = provider
+        self.enabled = provider is not None and processor is not None
+        self.tracer: Tracer = (
+            provider.get_tracer(SCOPE) if provider is not None else trace.NoOpTracer()
+        )
+        # A HotSpan has all a span processor reads of a span, and its exporter encodes it.
+        emit: Any = processor.on_end if processor else lambda _: None
+        self.hot = HotTracer(sampling or Sampling(), emit)
+        self.max_links = SpanLimits().max_links or 0
+        self._shapes: dict[str, SpanShape] = {}
+
+    @property
+    def provider(self) -> TracerProvider | None:
+        return self._provider
+
+    def shape(
+        self, name: str, kind: SpanKind, constant: dict[str, Any], variable: tuple[str, ...]
+    ) -> SpanShape:
+        if (shape := self._shapes.get(name)) is None:
+            shape = self._shapes[name] = SpanShape(name, kind, constant, variable)
+        return shape
+
+    def shutdown(self) -> None:
+        """Export what is still queued (bounded by OTEL_BSP_EXPORT_TIMEOUT), then stop."""
+        if self._provider is not None:
+            self._provider.shutdown()
+            self._provider = None
+
+
+# Used when OTEL_BSP_MAX_QUEUE_SIZE / OTEL_BSP_MAX_EXPORT_BATCH_SIZE are unset: a command
+# makes two spans, so the SDK's defaults (2,048 / 512) dropped spans at the consumer's rate
+# and sent four times as many requests (docs/benchmark.md).
+DEFAULT_QUEUE_SIZE = 16_384
+DEFAULT_EXPORT_BATCH_SIZE = 2_048
+
+
+def batch_processor(exporter: SpanExporter, environ: Mapping[str, str]) -> BatchSpanProcessor:
+    """The SDK's batch span processor; either size set in OTEL_BSP_* puts both to the SDK."""
+    sized = {"OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"} & set(environ)
+    if sized:
+        return BatchSpanProcessor(exporter)
+    return BatchSpanProcessor(
+        exporter,
+        max_queue_size=DEFAULT_QUEUE_SIZE,
+        max_export_batch_size=DEFAULT_EXPORT_BATCH_SIZE,
+    )
+
+
+def tracing_with(
+    exporter: SpanExporter, resource: Resource, sampling: Sampling, processor: Any = None
+) -> Tracing:
+    """Tracing that hands its spans to `exporter` (through a batch span processor unless
+    `processor` is another such class)."""
+    provider = TracerProvider(resource=resource, sampler=sampling.sdk)
+    span_processor: SpanProcessor = (
+        processor(exporter) if processor else batch_processor(exporter, os.environ)
+    )
+    provider.add_span_processor(span_processor)
+    return Tracing(provider, span_processor, sampling)
+
+
+def service_resource() -> Resource:
+    """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, with this service's name by default."""
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    return resource
+
+
+def tracing_from_environment(environ: Mapping[str, str] = os.environ) -> Tracing:
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return Tracing()
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if not endpoint or environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return Tracing()
+    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", SUPPORTED_PROTOCOL
+    )
+    if protocol.strip() != SUPPORTED_PROTOCOL:
+        raise ValueError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: traces are exported"
+            f" as OTLP {SUPPORTED_PROTOCOL}"
+        )
+    resource = service_resource()
+    return tracing_with(Exporter(resource, SCOPE), resource, Sampling.from_environment(environ))
+
+
+def kafka_attributes(operation: str, topic: str) -> dict[str, Any]:
+    """Messaging semantic conventions for a Kafka record."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": topic,
+    }
+
+
+def ids(
+    organization_id: str | None, command_id: str | None, group_id: str | None
+) -> dict[str, str]:
+    """The service's own span attributes."""
+    known = command_ids(organization_id, command_id, group_id)
+    return {f"customer_groups.{k}": v for k, v in known.items()}
+
+
+# Attributes of one span only.
+_OFFSET = key("messaging.kafka.offset")
+_COMMAND_ID = key("customer_groups.command_id")
+_MESSAGE_ID = key("messaging.message.id")
+
+_PROCESS_VALUES = (
+    "messaging.destination.partition.id",
+    "customer_groups.organization_id",
+    "customer_groups.group_id",
+)
+
+
+class CommandSpans:
+    """The spans of one batch of command records: one per record, child of its producer's
+    traceparent, and one for the batch, linking them, under which the batch's PostgreSQL
+    work runs. A command's traceparent (for its event and result) is its span's."""
+
+    def __init__(self, tracing: Tracing, topic: str, consumer_group: str) -> None:
+        self._tracing = tracing
+        self._name = f"process {topic}"
+        self._topic = topic
+        self._consumer_group = consumer_group
+        constant = kafka_attributes("process", topic)
+        constant["messaging.consumer.group.name"] = consumer_group
+        self._shape = tracing.shape(self._name, SpanKind.CONSUMER, constant, _PROCESS_VALUES)
+        self._spans: dict[int, HotSpan] = {}
+
+    def start(
+        self,
+        position: int,
+        record: tuple[int, int],
+        producer_traceparent: str | None,
+        about: tuple[str | None, str | None, str | None],
+    ) -> str:
+        """`about`: the command's organization, command and group ids, where known."""
+        partition, offset = record
+        organization_id, command_id, group_id = about
+        values = (str(partition), organization_id, group_id)
+        span, traceparent = self._tracing.hot.start(self._shape, producer_traceparent, values)
+        if span is not None:
+            span.unique = (
+                ((_OFFSET, offset), (_COMMAND_ID, command_id))
+                if command_id
+                else ((_OFFSET, offset),)
+            )
+            self._spans[position] = span
+        return traceparent
+
+    def fail(self, position: int, error_type: str) -> None:
+        if (span := self._spans.get(position)) is not None:
+            span.error = error_type
+
+    @contextmanager
+    def batch(self, count: int) -> Iterator[None]:
+        """The batch span, current while the batch is applied, linking each command's (as
+        many as OTEL_SPAN_LINK_COUNT_LIMIT allows)."""
+        linked = list(self._spans.values())[: self._tracing.max_links]
+        links = [
+            Link(SpanContext(s.trace_id, s.span_id, False, TraceFlags(TraceFlags.SAMPLED)))
+            for s in linked
+        ]
+        attributes = kafka_attributes("process", self._topic)
+        attributes["messaging.consumer.group.name"] = self._consumer_group
+        attributes["messaging.batch.message_count"] = count
+        with self._tracing.tracer.start_as_current_span(
+            self._name, kind=SpanKind.CONSUMER, links=links, attributes=attributes
+        ) as span:
+            context = span.get_span_context()
+            link = link_to(context.trace_id, context.span_id)
+            for hot in self._spans.values():
+                hot.link = link
+            yield
+
+    def end(self) -> None:
+        for span in self._spans.values():
+            self._tracing.hot.end(span)
+        self._spans.clear()
+
+
+@contextmanager
+def database_span(tracer: Tracer, operation: str, summary: str, count: int) -> Iterator[None]:
+    """A span for the PostgreSQL work of a batch, under the span current now."""
+    attributes: dict[str, str | int] = {
+        "db.system.name": "postgresql",
+        "db.operation.name": operation,
+        "db.query.summary": summary,
+        "db.operation.batch.size": count,
+    }
+    with tracer.start_as_current_span(summary, kind=SpanKind.CLIENT, attributes=attributes):
+        yield
+
+
+_SEND_VALUES = (
+    "customer_groups.organization_id",
+    "customer_groups.group_id",
+    "cloudevents.event_type",
+)
+
+
+class SendSpans:
+    """`send` spans of the events the relay publishes, each child of the command span its
+    outbox row stored; an event's traceparent is its span's."""
+
+    def __init__(self, tracing: Tracing, topic: str) -> None:
+        self._tracing = tracing
+        name = f"send {topic}"
+        self._shape = tracing.shape(
+            name, SpanKind.PRODUCER, kafka_attributes("send", topic), _SEND_VALUES
+        )
+        self.spans: list[HotSpan] = []
+
+    def start(
+        self, parent: str | None, values: tuple[str, str, str], event_id: str, command_id: str
+    ) -> str:
+        """`values`: the organization, group and event type."""
+        span, traceparent = self._tracing.hot.start(self._shape, parent, values)
+        if span is not None:
+            span.unique = ((_MESSAGE_ID, event_id), (_COMMAND_ID, command_id))
+            self.spans.append(span)
+        return traceparent
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Once Kafka acknowledged the records, or refused them (`error`)."""
+        for span in self.spans:
+            if error is not None:
+                span.error = type(error).__name__
+            self._tracing.hot.end(span)
+        self.spans.clear()
+
+
+@contextmanager
+def send_span(
+    tracing: Tracing, topic: str, about: dict[str, str], untraced: str | None
+) -> Iterator[str | None]:
+    """A `send` span under the current one, around a single publish; yields the record's
+    traceparent: the span's, or with tracing off `untraced`."""
+    if not tracing.enabled:
+        yield untraced
+        return
+    attributes = kafka_attributes("send", topic)
+    attributes.update(about)
+    with tracing.tracer.start_as_current_span(
+        f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        context = span.get_span_context()
+        flags = "01" if context.trace_flags.sampled else "00"
+        yield f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags}"

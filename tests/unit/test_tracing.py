@@ -1,0 +1,159 @@
+"""Tracing is configured by the standard OTEL_* variables only, and off unless asked for."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace import SpanKind
+
+from service.adapters.otlp import Encoder, HotSpan, SpanShape, key
+from service.tracing import Sampling, SendSpans, tracing_from_environment
+from tests.otlp_receiver import capturing_tracing, decode
+
+ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {**ENDPOINT, "OTEL_SDK_DISABLED": "true"},
+        {**ENDPOINT, "OTEL_SDK_DISABLED": " TRUE "},
+        {**ENDPOINT, "OTEL_TRACES_EXPORTER": "none"},
+    ],
+    ids=["no endpoint", "disabled", "disabled, spaced and upper case", "exporter none"],
+)
+def test_tracing_is_off_unless_an_endpoint_is_set_and_the_sdk_is_not_disabled(
+    environ: dict[str, str],
+) -> None:
+    tracing = tracing_from_environment(environ)
+    assert not tracing.enabled
+    assert tracing.provider is None
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [ENDPOINT, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"}],
+    ids=["endpoint", "traces endpoint"],
+)
+def test_an_endpoint_turns_tracing_on_with_the_service_s_name_by_default(
+    environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    tracing = tracing_from_environment(environ)
+    try:
+        assert tracing.enabled
+        assert tracing.provider is not None
+        assert tracing.provider.resource.attributes["service.name"] == "customer-groups"
+    finally:
+        tracing.shutdown()
+
+
+def test_otel_service_name_wins_over_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "groups-eu")
+    tracing = tracing_from_environment(ENDPOINT)
+    try:
+        assert tracing.provider is not None
+        assert tracing.provider.resource.attributes["service.name"] == "groups-eu"
+    finally:
+        tracing.shutdown()
+
+
+def test_a_protocol_other_than_http_protobuf_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_PROTOCOL='grpc' is not supported"):
+        tracing_from_environment({**ENDPOINT, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+
+
+def test_send_spans_continue_their_row_s_trace_and_their_traceparent_is_theirs() -> None:
+    tracing, exporter = capturing_tracing()
+    spans = SendSpans(tracing, "events")
+
+    sent = spans.start(PARENT, ("org_a", "grp_1", "group.created"), "ev-1", "cmd-1")
+    unparented = spans.start(None, ("org_a", "grp_2", "group.created"), "ev-2", "cmd-2")
+    spans.end(RuntimeError("refused"))
+
+    first, second = exporter.spans
+    assert sent == f"00-{first.trace_id}-{first.span_id}-01"
+    assert (first.trace_id, first.parent_span_id) == (
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "00f067aa0ba902b7",
+    )
+    assert first.name == "send events" and first.kind == 4  # PRODUCER
+    assert first.attributes == {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": "events",
+        "customer_groups.organization_id": "org_a",
+        "customer_groups.group_id": "grp_1",
+        "cloudevents.event_type": "group.created",
+        "messaging.message.id": "ev-1",
+        "customer_groups.command_id": "cmd-1",
+        "error.type": "RuntimeError",
+    }
+    assert first.status_code == 2
+    assert second.parent_span_id == "" and unparented == f"00-{second.trace_id}-{second.span_id}-01"
+
+
+@pytest.mark.parametrize(
+    ("sampler", "parent_flags", "sampled"),
+    [
+        ("always_on", 0, True),
+        ("always_off", 1, False),
+        ("parentbased_always_on", 0, False),
+        ("parentbased_always_on", 1, True),
+        ("parentbased_always_on", None, True),
+        ("parentbased_always_off", None, False),
+        ("parentbased_always_off", 1, True),
+        ("no_such_sampler", None, True),
+    ],
+)
+def test_sampling_decides_as_the_specification_s_samplers(
+    sampler: str, parent_flags: int | None, sampled: bool
+) -> None:
+    assert Sampling(sampler).sampled(parent_flags, 12345) is sampled
+
+
+def test_a_trace_id_ratio_samples_that_share_of_trace_ids_as_the_sdk_does() -> None:
+    sampling = Sampling.from_environment(
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+    )
+    trace_ids = [random.getrandbits(128) for _ in range(4000)]
+    ours = [sampling.sampled(None, t) for t in trace_ids]
+    sdk = [sampling.sdk.should_sample(None, t, "span").decision.is_sampled() for t in trace_ids]  # type: ignore[no-untyped-call]
+    assert ours == sdk
+    assert 0.2 < sum(ours) / len(ours) < 0.3
+
+
+@given(
+    values=st.tuples(
+        st.text(max_size=300) | st.none(),
+        st.text(max_size=300) | st.none(),
+        st.text(max_size=300) | st.none(),
+    ),
+    unique=st.text(max_size=2000),
+    offset=st.integers(min_value=0, max_value=2**63 - 1),
+    parent=st.integers(min_value=0, max_value=2**64 - 1),
+)
+def test_a_hot_span_decodes_to_what_was_recorded(
+    values: tuple[str | None, str | None, str | None], unique: str, offset: int, parent: int
+) -> None:
+    shape = SpanShape("process t", SpanKind.CONSUMER, {"k": "v", "n": 7}, ("a", "b", "c"))
+    span = HotSpan(shape, 2**127 + 5, 2**63 + 9, parent, start=1, values=values)
+    span.end = 2
+    span.unique = ((key("offset"), offset), (key("id"), unique))
+    request = Encoder(Resource.create({"service.name": "x"}), "scope").request([span])
+
+    [decoded] = decode(request)
+    expected: dict[str, object] = {"k": "v", "n": 7, "offset": offset, "id": unique}
+    expected |= {k: v for k, v in zip(("a", "b", "c"), values, strict=True) if v is not None}
+    assert decoded.attributes == expected
+    assert decoded.parent_span_id == (f"{parent:016x}" if parent else "")
+    assert (decoded.trace_id, decoded.span_id) == (f"{2**127 + 5:032x}", f"{2**63 + 9:016x}")
+    assert (decoded.name, decoded.kind, decoded.service_name) == ("process t", 5, "x")
