@@ -9,6 +9,7 @@ SERVICES := deploy/local/services.sh
 #                        make lock LOCK_ARGS='--upgrade-package ruff'   (or --upgrade: everything)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 LOCK_ARGS ?=
 
 # The locks, written by `make lock` (pip-compile, for CPython 3.11 like deploy/Dockerfile):
@@ -22,7 +23,7 @@ PIP_COMPILE := CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_TOOLS)/bin/pip-compile 
 	--generate-hashes --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url \
 	--no-emit-find-links --no-emit-trusted-host
 
-.PHONY: help venv lock services services-stop services-status run test lint bench clean
+.PHONY: help venv lock services services-stop services-status run test lint bench chaos clean
 
 help:
 	@echo "make venv             create .venv: the locked packages (requirements/dev.txt), then the project"
@@ -34,6 +35,7 @@ help:
 	@echo "make test             run the tests (PYTEST_ARGS=...)"
 	@echo "make lint             ruff check, ruff format --check, mypy"
 	@echo "make bench            run the benchmark (BENCH_ARGS=...)"
+	@echo "make chaos            instances under load and faults for 10 minutes, checked (CHAOS_ARGS=...)"
 	@echo "make clean            stop the services and delete their local data (keeps the Kafka jar cache)"
 
 venv: $(VENV)/.installed
@@ -78,6 +80,10 @@ lint: venv
 
 bench: venv services
 	source .local/env && $(VENV)/bin/customer-groups bench $(BENCH_ARGS)
+
+# Every fault kind at least twice over ten minutes; it restarts the local Kafka and PostgreSQL.
+chaos: venv services
+	source .local/env && $(VENV)/bin/customer-groups chaos --seconds 600 $(CHAOS_ARGS)
 
 clean:
 	@bash deploy/local/kafka.sh clean

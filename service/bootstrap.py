@@ -22,6 +22,7 @@ from service.adapters.kafka.events import EventPublisher
 from service.adapters.kafka.reply_copies import ReplyCopies, create_copy_producer
 from service.adapters.kafka.results import CommandPublisher
 from service.adapters.kafka.topics import ensure_topics, wait_for_topics
+from service.adapters.oidc import OidcVerifier
 from service.adapters.postgres.command_store import CommandStore
 from service.adapters.postgres.db import Pool, create_pool, migrate
 from service.adapters.postgres.members import MemberPurger
@@ -57,6 +58,7 @@ class Container:
     health: Health
     roles: frozenset[Role]
     tracing: Tracing = field(default_factory=Tracing)
+    verifier: OidcVerifier | None = None
     subscriber: Any = None
     relay: OutboxRelay | None = None
     copies: ReplyCopies | None = None
@@ -117,7 +119,16 @@ async def lifespan(
         await _prepare_topics(settings, roles)
         broker = create_broker(settings)
         producer = create_producer(settings)
-        container = Container(settings, pool, broker, Metrics(), Health(), roles, tracing)
+        container = Container(
+            settings,
+            pool,
+            broker,
+            Metrics(),
+            Health(),
+            roles,
+            tracing,
+            OidcVerifier(settings) if settings.oidc_enabled else None,
+        )
         copies = ReplyCopies(
             create_copy_producer(client_options(settings), settings.kafka_client_id),
             container.metrics,

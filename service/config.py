@@ -6,7 +6,7 @@ import ssl
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.domain.commands import valid_organization_id
@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_command_timeout_s: float = Field(default=5.0, gt=0)
     api_tokens: SecretStr = SecretStr("")
+    # OpenID Connect bearer tokens (JWTs), on when an issuer and its keys are set.
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks: str | None = None  # a file, or an http(s) URL such as the issuer's jwks_uri
+    oidc_organization_claim: str = "org_id"
+    oidc_algorithms: str = "RS256,ES256,PS256,EdDSA"
+    oidc_leeway_s: float = Field(default=30, ge=0, le=300)
+    oidc_jwks_cache_s: float = Field(default=300, gt=0)
 
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
@@ -102,6 +110,25 @@ class Settings(BaseSettings):
     def _tokens_well_formed(cls, value: SecretStr) -> SecretStr:
         parse_api_tokens(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        given = [self.oidc_issuer, self.oidc_audience, self.oidc_jwks]
+        if any(given) and not all(given):
+            raise ValueError("OIDC_ISSUER, OIDC_AUDIENCE and OIDC_JWKS go together")
+        asymmetric = ("RS", "PS", "ES", "EdDSA")
+        for algorithm in self.oidc_algorithm_list:
+            if not algorithm.startswith(asymmetric):
+                raise ValueError(f"OIDC_ALGORITHMS: {algorithm!r} is not a public-key algorithm")
+        return self
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer and self.oidc_audience and self.oidc_jwks)
+
+    @property
+    def oidc_algorithm_list(self) -> list[str]:
+        return [a.strip() for a in self.oidc_algorithms.split(",") if a.strip()]
 
     @property
     def topics(self) -> tuple[str, ...]:

@@ -239,15 +239,30 @@ with_lock() {
     "$@"
 }
 
+restart_running() { # restart_running fast|immediate: what a crash or a failover looks like to clients
+    local ver mode="$1"
+    [[ "$mode" == fast || "$mode" == immediate ]] || die "restart mode must be fast or immediate"
+    ver="$(cluster_version)" || die "no local cluster to restart"
+    log "restarting cluster $ver/$PG_CLUSTER (-m $mode)"
+    as_root pg_ctlcluster "$ver" "$PG_CLUSTER" restart -m "$mode"
+    wait_ready
+}
+
 case "${1:-}" in
 start) with_lock start ;;
 stop) with_lock stop ;;
-restart) with_lock stop && start ;;
+restart)
+    if [[ -n "${2:-}" ]]; then
+        with_lock restart_running "$2"
+    else
+        with_lock stop && start
+    fi
+    ;;
 status) status ;;
 url) url ;;
 drop) with_lock drop ;;
 *)
-    echo "usage: $0 start|stop|restart|status|url|drop" >&2
+    echo "usage: $0 start|stop|restart [fast|immediate]|status|url|drop" >&2
     exit 2
     ;;
 esac

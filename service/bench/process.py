@@ -178,6 +178,39 @@ class ServiceProcess:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
 
+    async def kill(self) -> None:
+        """kill -9, as a crash or an OOM kill would end it."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+
+    def signal(self, number: int) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.send_signal(number)
+
+    async def metric(self, name: str) -> float | None:
+        """An unlabelled sample of the process's /metrics, or None."""
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return None
+        try:
+            writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(5):
+                text = (await reader.read()).decode(errors="replace")
+        except (OSError, TimeoutError):
+            return None
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        for line in text.splitlines():
+            sample, _, value = line.partition(" ")
+            if sample == name:
+                return float(value)
+        return None
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             text = Path(self._log.name).read_text(errors="replace")

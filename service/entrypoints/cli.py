@@ -14,7 +14,7 @@ import uvicorn
 from service.adapters.postgres.db import create_pool, migrate
 from service.bootstrap import ALL_ROLES, Role
 from service.config import Settings
-from service.entrypoints import bench, ops
+from service.entrypoints import bench, chaos, ops
 from service.entrypoints.http.app import create_app
 from service.observability import configure_logging
 from service.tracing import tracing_from_environment
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommands that live in their own modules.
     ops.register(sub)
     bench.register(sub)
+    chaos.register(sub)
     return parser
 
 

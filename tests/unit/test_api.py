@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaConnectionError
 from fastapi import FastAPI
 from starlette.types import Message
 
+from service.adapters.oidc import OidcVerifier
 from service.config import Settings
 from service.domain.results import CommandResult
 from service.entrypoints.http.app import create_app
@@ -89,6 +90,7 @@ class FakeContainer:
     pool: FakePool = field(default_factory=FakePool)
     metrics: Metrics = field(default_factory=Metrics)
     tracing: Tracing = field(default_factory=Tracing)
+    verifier: OidcVerifier | None = None
 
 
 def settings(**overrides: Any) -> Settings:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.adapters.oidc import KeysUnavailable
 from service.bootstrap import Container
 from service.domain.commands import CUSTOMER_ID_MAX, GROUP_ID, customer_id_problem
 from service.domain.errors import GroupNotFound, InvalidCommand
@@ -22,7 +24,11 @@ from service.entrypoints.http.schemas import (
 _VERSION_TAG = re.compile(r'(?:W/)?"?([0-9]{1,9})"?')
 
 
-_bearer = HTTPBearer(auto_error=False, description="A token configured in API_TOKENS")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A token configured in API_TOKENS, or a JWT of the OIDC_ISSUER provider",
+)
+log = logging.getLogger(__name__)
 
 
 def container_of(request: Request) -> Container:
@@ -30,17 +36,31 @@ def container_of(request: Request) -> Container:
     return container
 
 
-def organization(
+# Far above any JWT a provider issues; a longer header is refused unread.
+TOKEN_MAX_CHARS = 16_384
+
+
+async def organization(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """The token's organization; every token is compared, each in constant time."""
-    if credentials is not None:
+    """The token's organization: a static API_TOKENS token (every one compared, each in
+    constant time), else an OIDC token when OIDC_* are set."""
+    if credentials is not None and len(credentials.credentials) <= TOKEN_MAX_CHARS:
+        container = container_of(request)
         presented = credentials.credentials.encode()
         found: str | None = None
-        for token, organization_id in container_of(request).settings.token_organizations.items():
+        for token, organization_id in container.settings.token_organizations.items():
             if hmac.compare_digest(presented, token.encode()):
                 found = organization_id
+        if found is None and container.verifier is not None:
+            try:
+                found = await container.verifier.organization(credentials.credentials)
+            except KeysUnavailable as error:
+                log.warning("no OIDC token can be checked: %s", error)
+                raise ApiError(
+                    503, "Service unavailable", "The token issuer's keys could not be read"
+                ) from error
         if found is not None:
             return found
     raise ApiError(401, "Unauthorized", "A valid bearer token is required")
