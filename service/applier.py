@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeAlias, TypeVar
@@ -22,7 +21,7 @@ from service.lanes import LaneOrder, LaneStopped, by_weight, split_lanes
 from service.observability import Metrics, RateLimitedLog, command_ids
 from service.parsing import Invalid, WireHeaders, parse_command, read_headers
 from service.retry import retrying
-from service.tracing import CommandSpans, Tracing
+from service.tracing import Tracing, UntracedCommands
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class Outcome:
     started: float
     replies: list[Reply | None]
     dead: list[DeadLetter]
-    spans: CommandSpans | None = None
+    spans: UntracedCommands
 
 
 MISROUTED_LOG_EVERY_S = 60.0
@@ -84,14 +83,12 @@ class CommandConsumer:
 
     async def apply_records(self, records: Sequence[Record]) -> Awaitable[None]:
         """Apply a batch in order and return what sends its results."""
-        spans = None
-        if self._tracing.enabled and records:
-            spans = CommandSpans(self._tracing, records[0].topic, self._consumer_group)
+        topic = records[0].topic if records else ""
+        spans = self._tracing.command_spans(topic, self._consumer_group)
         try:
             outcome = await self._apply(records, spans)
         except BaseException as error:
-            if spans is not None:
-                spans.end()
+            spans.end()
             if isinstance(error, LaneStopped) or not isinstance(error, Exception):
                 raise
             await self._isolate(records, error)
@@ -106,36 +103,33 @@ class CommandConsumer:
             max_s=self._retry_max_s,
         )
 
-    async def _apply(self, records: Sequence[Record], spans: CommandSpans | None) -> Outcome:
+    async def _apply(self, records: Sequence[Record], spans: UntracedCommands) -> Outcome:
         outcome = Outcome(asyncio.get_running_loop().time(), [None] * len(records), [], spans)
         incoming: list[tuple[int, Incoming]] = []
         wire = [read_headers(r, self._own_topics, self._metrics.count_refused) for r in records]
-        # The traceparent a command's result and events carry: its span's, or the producer's.
-        traceparents = [w.traceparent for w in wire]
         for position, record in enumerate(records):
             parsed = parse_command(record.value, self._max_bytes)
-            if spans is not None:
-                group_id = getattr(parsed, "group_id", None)
-                about = (parsed.organization_id, parsed.command_id, group_id)
-                where = (record.partition, record.offset)
-                traceparents[position] = spans.start(position, where, traceparents[position], about)
+            about = (parsed.organization_id, parsed.command_id, getattr(parsed, "group_id", None))
+            # What the command's result and events carry: its span's, or the producer's.
+            traceparent = spans.start(
+                position, (record.partition, record.offset), wire[position].traceparent, about
+            )
             if not isinstance(parsed, Invalid):
                 self._check_key(record, parsed.organization_id)
-                incoming.append((position, Incoming(parsed, traceparents[position])))
+                incoming.append((position, Incoming(parsed, traceparent)))
                 continue
             if parsed.malformed:
                 outcome.dead.append(DeadLetter(record, parsed.reason, parsed.details))
-                if spans is not None:
-                    spans.fail(position, parsed.reason)
+                spans.fail(position, parsed.reason)
             if parsed.command_id and parsed.organization_id:
                 result = CommandResult.rejected(
                     parsed.command_id, parsed.organization_id, InvalidCommand(parsed.details)
                 )
-                outcome.replies[position] = _reply(wire[position], result, traceparents[position])
+                outcome.replies[position] = _reply(wire[position], result, traceparent)
                 self._metrics.count_command("invalid", result)
         if incoming:
             parts = split_lanes(incoming, self._lanes)
-            with spans.batch(len(records)) if spans is not None else nullcontext():
+            with spans.batch(len(records)):
                 applied = await asyncio.gather(
                     *(
                         self._order.schedule(
@@ -149,8 +143,7 @@ class CommandConsumer:
                     if isinstance(done, Exception):
                         letter = DeadLetter(records[position], "processing_failed", repr(done))
                         outcome.dead.append(letter)
-                        if spans is not None:
-                            spans.fail(position, "processing_failed")
+                        spans.fail(position, "processing_failed")
                         continue
                     outcome.replies[position] = _reply(wire[position], done, item.traceparent)
                     self._metrics.count_command(item.command.type, done)
@@ -189,8 +182,7 @@ class CommandConsumer:
         try:
             await self._send(records, outcome)
         finally:
-            if outcome.spans is not None:
-                outcome.spans.end()
+            outcome.spans.end()
 
     async def _send(self, records: Sequence[Record], outcome: Outcome) -> None:
         replies = [reply for reply in outcome.replies if reply is not None]

@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
@@ -140,6 +140,11 @@ class Tracing:
             shape = self._shapes[name] = SpanShape(name, kind, constant, variable)
         return shape
 
+    def command_spans(self, topic: str, consumer_group: str) -> UntracedCommands:
+        if not self.enabled:
+            return _UNTRACED
+        return CommandSpans(self, topic, consumer_group)
+
     def shutdown(self) -> None:
         """Export what is still queued (bounded by OTEL_BSP_EXPORT_TIMEOUT), then stop."""
         if self._provider is not None:
@@ -237,7 +242,30 @@ _PROCESS_VALUES = (
 )
 
 
-class CommandSpans:
+class UntracedCommands:
+    """A batch of command records with tracing off: each command passes its producer's
+    traceparent on, and nothing else happens."""
+
+    def start(
+        self,
+        position: int,  # noqa: ARG002
+        record: tuple[int, int],  # noqa: ARG002
+        producer_traceparent: str | None,
+        about: tuple[str | None, str | None, str | None],  # noqa: ARG002
+    ) -> str | None:
+        return producer_traceparent
+
+    def fail(self, position: int, error_type: str) -> None:
+        pass
+
+    def batch(self, count: int) -> AbstractContextManager[None]:  # noqa: ARG002
+        return nullcontext()
+
+    def end(self) -> None:
+        pass
+
+
+class CommandSpans(UntracedCommands):
     """The spans of one batch of command records: one per record, child of its producer's
     traceparent, and one for the batch, linking them, under which the batch's PostgreSQL
     work runs. A command's traceparent (for its event and result) is its span's."""
@@ -302,6 +330,9 @@ class CommandSpans:
         for span in self._spans.values():
             self._tracing.hot.end(span)
         self._spans.clear()
+
+
+_UNTRACED = UntracedCommands()
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,10 +64,21 @@ def missing_requirements() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class SaslSsl:
+    """A SASL_SSL listener: SCRAM-SHA-512 users (created when the storage is formatted) and
+    the server certificate of deploy/local/tls.sh in `tls`."""
+
+    tls: Path
+    users: dict[str, str]
+
+
 class KafkaNode:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, sasl_ssl: SaslSsl | None = None) -> None:
         self.directory = directory
+        self.sasl_ssl = sasl_ssl
         self.port = free_port()
+        self.secure_port = free_port()
         self.controller_port = free_port()
         self.config = directory / "server.properties"
         self.log4j = directory / "log4j2.properties"
@@ -79,6 +91,33 @@ class KafkaNode:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def secure_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.secure_port}"
+
+    def _listeners(self, host: str) -> list[str]:
+        listeners = f"PLAINTEXT://{host}:{self.port},CONTROLLER://{host}:{self.controller_port}"
+        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        if self.sasl_ssl is None:
+            secure: list[str] = []
+        else:
+            listeners += f",SASL_SSL://{host}:{self.secure_port}"
+            protocols += ",SASL_SSL:SASL_SSL"
+            scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            keystore = self.sasl_ssl.tls / "server-bundle.pem"
+            secure = [
+                "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+                "listener.name.sasl_ssl.ssl.keystore.type=PEM",
+                f"listener.name.sasl_ssl.ssl.keystore.location={keystore}",
+            ]
+        return [
+            f"listeners={listeners}",
+            f"advertised.listeners={listeners}",
+            f"listener.security.protocol.map={protocols}",
+            *secure,
+        ]
+
     def _write_config(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         host = "127.0.0.1"
@@ -88,13 +127,9 @@ class KafkaNode:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.bootstrap.servers={host}:{self.controller_port}",
-                    f"listeners=PLAINTEXT://{host}:{self.port},"
-                    f"CONTROLLER://{host}:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{host}:{self.port},"
-                    f"CONTROLLER://{host}:{self.controller_port}",
+                    *self._listeners(host),
                     "inter.broker.listener.name=PLAINTEXT",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                     f"log.dirs={self.directory / 'data'}",
                     "auto.create.topics.enable=false",
                     "num.partitions=3",
@@ -133,6 +168,12 @@ class KafkaNode:
         ]
 
     def _format(self) -> None:
+        users = self.sasl_ssl.users if self.sasl_ssl else {}
+        scram = [
+            part
+            for name, password in users.items()
+            for part in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+        ]
         subprocess.run(
             self._java(
                 "kafka.tools.StorageTool",
@@ -142,6 +183,7 @@ class KafkaNode:
                 cluster_id(),
                 "-c",
                 str(self.config),
+                *scram,
                 heap="-Xmx128m",
             ),
             check=True,

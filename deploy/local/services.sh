@@ -33,6 +33,12 @@ write_env() {
         echo "# Written by deploy/local/services.sh. Use it with: source .local/env"
         printf 'export DATABASE_URL=%q\n' "$db"
         printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "$kafka"
+        # The local cluster's TLS-only role and its CA, for the tests of TLS (none when
+        # DATABASE_URL names another database).
+        if [[ "$db" == *"127.0.0.1:55432"* ]]; then
+            printf 'export LOCAL_POSTGRES_TLS_URL=%q\n' "$(bash "$LOCAL_DIR/postgres.sh" tls-url)"
+            printf 'export LOCAL_POSTGRES_TLS_CA=%q\n' "$(bash "$LOCAL_DIR/postgres.sh" tls-ca)"
+        fi
     } >"$ENV_FILE.tmp"
     mv -f "$ENV_FILE.tmp" "$ENV_FILE"
     echo "Use these environment variables (saved in .local/env):"

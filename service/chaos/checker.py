@@ -15,6 +15,8 @@ import orjson
 # The figures that must be zero for a run to pass.
 MUST_BE_ZERO = (
     "commands_without_result",
+    "commands_dead_lettered",
+    "faults_failed",
     "commands_with_two_outcomes",
     "effects_applied_twice",
     "version_gaps",
@@ -51,6 +53,9 @@ class ReadBack:
     # (group id, command id) → outbox rows
     outbox_rows: dict[tuple[str, str], int]
     faults: list[dict[str, Any]] = field(default_factory=list)
+    # The command ids on the commands topic, and those in dead letters.
+    in_topic: set[str] = field(default_factory=set)
+    dead_lettered: set[str] = field(default_factory=set)
 
 
 def _outcome(result: dict[str, Any]) -> tuple[Any, ...]:
@@ -72,7 +77,13 @@ def check(read: ReadBack) -> dict[str, Any]:
             versions_by_group[group["id"]].append(group["version"])
         outcomes[command_id].add(outcome)
         answered_at.setdefault(command_id, message.timestamp_ms)
-    report["commands_without_result"] = len(set(read.sent_at_ms) - set(outcomes))
+    missing = set(read.sent_at_ms) - set(outcomes)
+    report["commands_without_result"] = len(missing)
+    # Which side lost them: never on the commands topic (the load's sends), or there.
+    report["without_result_not_in_topic"] = len(missing - read.in_topic)
+    report["without_result_ids"] = sorted(missing)[:20]
+    report["commands_dead_lettered"] = len(read.dead_lettered & set(read.sent_at_ms))
+    report["faults_failed"] = sum("failed" in fault for fault in read.faults)
     report["commands_with_two_outcomes"] = sum(len(o) > 1 for o in outcomes.values())
     report["results_not_sent_by_us"] = len(set(outcomes) - set(read.sent_at_ms))
     report["effects_applied_twice"] = sum(rows > 1 for rows in read.outbox_rows.values())

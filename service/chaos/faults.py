@@ -100,7 +100,10 @@ class Cluster:
         return f"{ended} database backends holding advisory locks terminated"
 
     async def _kafka_restart(self) -> str:
-        await _script("kafka.sh", "stop")
+        stopped = await _script("kafka.sh", "stop")
+        if "stopped" not in stopped:
+            # Another checkout's broker, or one given by KAFKA_BOOTSTRAP_SERVERS: not ours.
+            raise RuntimeError(f"kafka.sh did not stop the broker: {stopped.strip()}")
         await _script("kafka.sh", "start")
         return "Kafka broker stopped and started"
 
@@ -113,7 +116,7 @@ class Cluster:
         return "PostgreSQL restarted (immediate shutdown: no checkpoint, crash recovery)"
 
 
-async def _script(name: str, *args: str) -> None:
+async def _script(name: str, *args: str) -> str:
     process = await asyncio.create_subprocess_exec(
         "bash",
         str(LOCAL_SCRIPTS / name),
@@ -122,8 +125,10 @@ async def _script(name: str, *args: str) -> None:
         stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await process.communicate()
+    text = output.decode(errors="replace")
     if process.returncode != 0:
-        raise RuntimeError(f"{name} {' '.join(args)} failed: {output.decode(errors='replace')}")
+        raise RuntimeError(f"{name} {' '.join(args)} failed: {text}")
+    return text
 
 
 def available(kind: str) -> bool:

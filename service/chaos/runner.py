@@ -4,12 +4,14 @@ their times, then everything read back and checked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import orjson
 
 from service.adapters.kafka.topics import ensure_topics
 from service.adapters.postgres.db import create_pool, migrate
@@ -44,12 +46,16 @@ async def run_chaos(
 
 
 async def _run(options: ChaosOptions, settings: Settings, progress: Progress) -> dict[str, Any]:
-    watched = [settings.topic_results, settings.topic_events, settings.topic_state]
+    watched = [
+        settings.topic_results,
+        settings.topic_events,
+        settings.topic_state,
+        settings.topic_commands,
+        settings.topic_dlq,
+    ]
     offsets = kafka_io.Offsets(settings, watched)
     await offsets.start()
     cluster = Cluster(settings, options.instances, options.relays, options.seed)
-    faults: list[dict[str, Any]] = []
-    skipped: list[str] = []
     organizations = [f"org_chaos_{n}" for n in range(options.organizations)]
     load = Load(settings, organizations, options.rate, options.seed)
     try:
@@ -58,16 +64,7 @@ async def _run(options: ChaosOptions, settings: Settings, progress: Progress) ->
         stop = asyncio.Event()
         sending = asyncio.create_task(load.run(stop))
         started = time.monotonic()
-        for at, kind in options.schedule():
-            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
-            if not available(kind):
-                skipped.append(kind)
-                continue
-            at_ms = int(time.time() * 1000)
-            begun = time.monotonic()
-            progress(f"{at:6.1f}s  {kind}")
-            what = await cluster.inject(kind)
-            faults.append(describe(kind, at_ms, what, time.monotonic() - begun))
+        faults, skipped = await _inject(cluster, options, started, progress)
         await asyncio.sleep(max(0.0, started + options.seconds - time.monotonic()))
         stop.set()
         await sending
@@ -76,13 +73,8 @@ async def _run(options: ChaosOptions, settings: Settings, progress: Progress) ->
     finally:
         await cluster.stop()
     read = ReadBack(load.sent.at_ms, [], [], [], {}, {}, faults)
-    by_topic = {
-        settings.topic_results: read.results,
-        settings.topic_events: read.events,
-        settings.topic_state: read.state,
-    }
     try:
-        await offsets.read(lambda r: by_topic[r.topic].append(_message(r)))
+        await offsets.read(_sorter(settings, read))
     finally:
         await offsets.stop()
     await _read_database(settings, read)
@@ -99,6 +91,51 @@ async def _run(options: ChaosOptions, settings: Settings, progress: Progress) ->
     }
     report["passed"] = report["passed"] and settled
     return report
+
+
+async def _inject(
+    cluster: Cluster, options: ChaosOptions, started: float, progress: Progress
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each fault at its time; one that could not be injected is reported as failed."""
+    faults: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for at, kind in options.schedule():
+        await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+        if not available(kind):
+            skipped.append(kind)
+            continue
+        at_ms = int(time.time() * 1000)
+        begun = time.monotonic()
+        progress(f"{at:6.1f}s  {kind}")
+        try:
+            what = await cluster.inject(kind)
+        except Exception as error:
+            faults.append(describe(kind, at_ms, "", time.monotonic() - begun))
+            faults[-1]["failed"] = repr(error)
+            progress(f"         {kind} failed: {error!r}")
+            continue
+        faults.append(describe(kind, at_ms, what, time.monotonic() - begun))
+    return faults, skipped
+
+
+def _sorter(settings: Settings, read: ReadBack) -> Callable[[Any], None]:
+    """Where each record read back goes: results, events and state as they are; of the
+    commands and the dead letters, their command ids."""
+    by_topic = {
+        settings.topic_results: read.results,
+        settings.topic_events: read.events,
+        settings.topic_state: read.state,
+    }
+
+    def on_record(record: Any) -> None:
+        if record.topic in by_topic:
+            by_topic[record.topic].append(_message(record))
+            return
+        ids = read.in_topic if record.topic == settings.topic_commands else read.dead_lettered
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            ids.add(orjson.loads(record.value)["command_id"])
+
+    return on_record
 
 
 def _message(record: Any) -> Message:

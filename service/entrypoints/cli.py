@@ -9,6 +9,7 @@ import gc
 import sys
 from collections.abc import Callable, Sequence
 
+import asyncpg
 import uvicorn
 
 from service.adapters.postgres.db import create_pool, migrate
@@ -71,7 +72,14 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:  # noqa: ARG0
         finally:
             await pool.close()
 
-    applied = asyncio.run(go())
+    try:
+        applied = asyncio.run(go())
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+        # A refused password, an untrusted certificate, TLS required: said, not a traceback.
+        print(
+            f"error: PostgreSQL (DATABASE_URL) refused or out of reach: {error!r}", file=sys.stderr
+        )
+        return 1
     print("applied: " + (", ".join(applied) if applied else "nothing, schema is up to date"))
     return 0
 

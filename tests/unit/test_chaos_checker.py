@@ -35,6 +35,7 @@ def clean() -> ReadBack:
     """Two commands on one group: created (1), updated (2)."""
     return ReadBack(
         sent_at_ms={"c1": 0, "c2": 10},
+        in_topic={"c1", "c2"},
         results=[result("c1", "g", 1), result("c2", "g", 2)],
         events=[event("g", 1, "c1"), event("g", 2, "c2")],
         state=[state("g", 1), state("g", 2)],
@@ -46,6 +47,7 @@ def clean() -> ReadBack:
 def test_a_clean_run_passes_with_every_figure_zero() -> None:
     report = check(clean())
     assert report["passed"] is True
+    assert report["without_result_ids"] == []
     assert report["commands_sent"] == 2
     assert report["events"] == 2
 
@@ -71,6 +73,8 @@ def test_a_re_published_event_with_its_own_id_is_counted_not_failed() -> None:
         (lambda r: r.state.pop(), "state_not_database"),
         (lambda r: r.state.append(state("g", None)), "state_not_database"),
         (lambda r: r.groups.update({"g": StoredGroup(3, deleted=False)}), "groups_not_as_answered"),
+        (lambda r: r.dead_lettered.add("c1"), "commands_dead_lettered"),
+        (lambda r: r.faults.append({"kind": "kill", "at_ms": 0, "failed": "no"}), "faults_failed"),
     ],
     ids=[
         "no result",
@@ -83,6 +87,8 @@ def test_a_re_published_event_with_its_own_id_is_counted_not_failed() -> None:
         "state behind",
         "state tombstone for a live group",
         "database ahead of the answers",
+        "dead-lettered",
+        "a fault not injected",
     ],
 )
 def test_each_kind_of_damage_is_found_and_fails_the_run(damage: Any, figure: str) -> None:
