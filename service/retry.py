@@ -33,7 +33,12 @@ def is_transient(error: BaseException) -> bool:
         return False
     if isinstance(error, OSError | TimeoutError | asyncio.TimeoutError | KafkaError):
         return True
-    if isinstance(error, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+    # InternalClientError: asyncpg's protocol state after the server dropped the connection
+    # in the middle of an operation (a restart, a terminated backend); a new one will do.
+    if isinstance(
+        error,
+        asyncpg.InterfaceError | asyncpg.PostgresConnectionError | asyncpg.InternalClientError,
+    ):
         return True
     if isinstance(error, asyncpg.PostgresError):
         state = getattr(error, "sqlstate", "") or ""

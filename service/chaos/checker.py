@@ -53,9 +53,9 @@ class ReadBack:
     # (group id, command id) → outbox rows
     outbox_rows: dict[tuple[str, str], int]
     faults: list[dict[str, Any]] = field(default_factory=list)
-    # The command ids on the commands topic, and those in dead letters.
+    # The command ids on the commands topic; those in dead letters, with the letter's error.
     in_topic: set[str] = field(default_factory=set)
-    dead_lettered: set[str] = field(default_factory=set)
+    dead_lettered: dict[str, str] = field(default_factory=dict)
 
 
 def _outcome(result: dict[str, Any]) -> tuple[Any, ...]:
@@ -82,7 +82,9 @@ def check(read: ReadBack) -> dict[str, Any]:
     # Which side lost them: never on the commands topic (the load's sends), or there.
     report["without_result_not_in_topic"] = len(missing - read.in_topic)
     report["without_result_ids"] = sorted(missing)[:20]
-    report["commands_dead_lettered"] = len(read.dead_lettered & set(read.sent_at_ms))
+    ours = {c: e for c, e in read.dead_lettered.items() if c in read.sent_at_ms}
+    report["commands_dead_lettered"] = len(ours)
+    report["dead_letter_errors"] = sorted(set(ours.values()))[:10]
     report["faults_failed"] = sum("failed" in fault for fault in read.faults)
     report["commands_with_two_outcomes"] = sum(len(o) > 1 for o in outcomes.values())
     report["results_not_sent_by_us"] = len(set(outcomes) - set(read.sent_at_ms))

@@ -131,9 +131,14 @@ def _sorter(settings: Settings, read: ReadBack) -> Callable[[Any], None]:
         if record.topic in by_topic:
             by_topic[record.topic].append(_message(record))
             return
-        ids = read.in_topic if record.topic == settings.topic_commands else read.dead_lettered
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            ids.add(orjson.loads(record.value)["command_id"])
+            command_id = orjson.loads(record.value)["command_id"]
+            if record.topic == settings.topic_commands:
+                read.in_topic.add(command_id)
+            else:
+                headers = dict(record.headers)
+                error = bytes(headers.get("dlq_error") or b"").decode(errors="replace")
+                read.dead_lettered[command_id] = error[:300]
 
     return on_record
 

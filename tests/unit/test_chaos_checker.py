@@ -73,7 +73,7 @@ def test_a_re_published_event_with_its_own_id_is_counted_not_failed() -> None:
         (lambda r: r.state.pop(), "state_not_database"),
         (lambda r: r.state.append(state("g", None)), "state_not_database"),
         (lambda r: r.groups.update({"g": StoredGroup(3, deleted=False)}), "groups_not_as_answered"),
-        (lambda r: r.dead_lettered.add("c1"), "commands_dead_lettered"),
+        (lambda r: r.dead_lettered.update(c1="Boom()"), "commands_dead_lettered"),
         (lambda r: r.faults.append({"kind": "kill", "at_ms": 0, "failed": "no"}), "faults_failed"),
     ],
     ids=[

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
@@ -342,6 +343,9 @@ async def test_a_result_kafka_refuses_as_too_large_is_replaced_not_retried_forev
     assert not is_transient(MessageSizeTooLargeError("too big"))
     assert is_transient(KafkaConnectionError("gone"))
     assert is_transient(ConnectionRefusedError())
+    # What asyncpg raises when PostgreSQL restarts under a running statement (seen in chaos).
+    busy = "cannot switch to state 15; another operation (2) is in progress"
+    assert is_transient(asyncpg.InternalClientError(busy))
     store = FakeCommandStore()
     publisher = FakePublisher([MessageSizeTooLargeError("too big")])
 
