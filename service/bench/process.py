@@ -113,18 +113,22 @@ class ServiceProcess:
             await asyncio.sleep(0.2)
 
     async def _ready(self) -> bool:
+        answer = await self._get("/health/ready")
+        return answer is not None and b" 200 " in answer.split(b"\r\n", 1)[0]
+
+    async def _get(self, path: str) -> bytes | None:
+        """The process's whole HTTP answer to GET `path`, or None if it gave none."""
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         except OSError:
-            return False
+            return None
         try:
-            writer.write(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
             await writer.drain()
             async with asyncio.timeout(5):
-                status = await reader.readline()
-            return b" 200 " in status
+                return await reader.read()
         except (OSError, TimeoutError):
-            return False
+            return None
         finally:
             writer.close()
             with contextlib.suppress(OSError):
@@ -190,22 +194,8 @@ class ServiceProcess:
 
     async def metric(self, name: str) -> float | None:
         """An unlabelled sample of the process's /metrics, or None."""
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            return None
-        try:
-            writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            await writer.drain()
-            async with asyncio.timeout(5):
-                text = (await reader.read()).decode(errors="replace")
-        except (OSError, TimeoutError):
-            return None
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        for line in text.splitlines():
+        answer = await self._get("/metrics")
+        for line in (answer or b"").decode(errors="replace").splitlines():
             sample, _, value = line.partition(" ")
             if sample == name:
                 return float(value)
