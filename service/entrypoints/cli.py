@@ -15,7 +15,7 @@ import uvicorn
 from service.adapters.postgres.db import create_pool, migrate
 from service.bootstrap import ALL_ROLES, Role
 from service.config import Settings
-from service.entrypoints import bench, chaos, ops
+from service.entrypoints import bench, chaos, ops, schemas
 from service.entrypoints.http.app import create_app
 from service.observability import configure_logging
 from service.tracing import tracing_from_environment
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.register(sub)
     bench.register(sub)
     chaos.register(sub)
+    schemas.register(sub)
     return parser
 
 

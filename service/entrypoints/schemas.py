@@ -1,0 +1,67 @@
+"""JSON Schema (draft 2020-12) of every message, generated from the models the service
+itself validates and writes with, for consumers in any language: `docs/schemas/`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from service.config import Settings
+from service.domain.commands import (
+    AddCustomers,
+    CreateGroup,
+    DeleteGroup,
+    RemoveCustomers,
+    UpdateGroup,
+)
+from service.entrypoints.asyncapi import CommandResultSchema, GroupEventSchema, GroupSchema
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+DEFAULT_BASE = "https://customer-groups.invalid/schemas/v1"
+DIRECTORY = Path("docs") / "schemas"
+
+MESSAGES: dict[str, type[BaseModel]] = {
+    "command.group.create": CreateGroup,
+    "command.group.update": UpdateGroup,
+    "command.group.delete": DeleteGroup,
+    "command.group.customers.add": AddCustomers,
+    "command.group.customers.remove": RemoveCustomers,
+    "result": CommandResultSchema,
+    "event": GroupEventSchema,
+    "group": GroupSchema,
+}
+
+
+def generate(base: str = DEFAULT_BASE) -> dict[str, str]:
+    """File name → the schema's text, each identified by `base`/its file name."""
+    files = {}
+    for name, model in MESSAGES.items():
+        file = f"{name}.schema.json"
+        schema = {"$schema": DRAFT, "$id": f"{base}/{file}", **model.model_json_schema()}
+        files[file] = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return files
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "schemas",
+        help="write the JSON Schema of every message",
+        description=(
+            "Write the JSON Schema (draft 2020-12) of each command, the result, the event "
+            "value and the group into a directory (default docs/schemas)."
+        ),
+    )
+    parser.add_argument("--directory", type=Path, default=DIRECTORY)
+    parser.add_argument("--base", default=DEFAULT_BASE, help="the URI the $id of each starts with")
+    parser.set_defaults(handler=_write)
+
+
+def _write(args: argparse.Namespace, settings: Settings) -> int:  # noqa: ARG001
+    args.directory.mkdir(parents=True, exist_ok=True)
+    for file, text in generate(args.base).items():
+        (args.directory / file).write_text(text)
+        print(args.directory / file)
+    return 0
