@@ -21,7 +21,8 @@ from service.lanes import LaneOrder, LaneStopped, by_weight, split_lanes
 from service.observability import Metrics, RateLimitedLog, command_ids
 from service.parsing import Invalid, WireHeaders, parse_command, read_headers
 from service.retry import retrying
-from service.tracing import Tracing, UntracedCommands
+from service.spans import UntracedCommands, command_spans
+from service.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class CommandConsumer:
     async def apply_records(self, records: Sequence[Record]) -> Awaitable[None]:
         """Apply a batch in order and return what sends its results."""
         topic = records[0].topic if records else ""
-        spans = self._tracing.command_spans(topic, self._consumer_group)
+        spans = command_spans(self._tracing, topic, self._consumer_group)
         try:
             outcome = await self._apply(records, spans)
         except BaseException as error:
@@ -109,11 +110,8 @@ class CommandConsumer:
         wire = [read_headers(r, self._own_topics, self._metrics.count_refused) for r in records]
         for position, record in enumerate(records):
             parsed = parse_command(record.value, self._max_bytes)
-            about = (parsed.organization_id, parsed.command_id, getattr(parsed, "group_id", None))
             # What the command's result and events carry: its span's, or the producer's.
-            traceparent = spans.start(
-                position, (record.partition, record.offset), wire[position].traceparent, about
-            )
+            traceparent = spans.start(position, record, wire[position].traceparent, parsed)
             if not isinstance(parsed, Invalid):
                 self._check_key(record, parsed.organization_id)
                 incoming.append((position, Incoming(parsed, traceparent)))

@@ -7,21 +7,16 @@ compression; `OTEL_TRACES_SAMPLER(_ARG)` is read here, for both kinds of span be
 span is made: the producer's traceparent passes through onto results and events, and
 per-command code is skipped altogether.
 
-A command's trace: the producer's span → `process <commands topic>` (one per command, a
-batch span linking them, the PostgreSQL work under the batch span) → `send <events topic>`
-in the relay, whose context is the event's traceparent. The outbox stores the command
-span's context, so the event continues the service's trace, not the producer's.
-
-The per-command and per-event spans are `HotSpan`s (adapters.otlp), which cost a small part
-of what the SDK's span objects do; everything else is the SDK's."""
+The spans along a command's path are in service/spans.py. The per-command and per-event ones
+are `HotSpan`s (adapters.otlp), which cost a small part of what the SDK's span objects do;
+everything else is the SDK's."""
 
 from __future__ import annotations
 
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -35,10 +30,9 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, Tracer
+from opentelemetry.trace import SpanKind, Tracer
 
-from service.adapters.otlp import Exporter, HotSpan, SpanShape, key, link_to
-from service.observability import command_ids
+from service.adapters.otlp import Exporter, HotSpan, SpanShape
 
 DEFAULT_SERVICE_NAME = "customer-groups"
 SCOPE = "customer-groups"
@@ -79,6 +73,10 @@ class Sampling:
         return (trace_id & _TRACE_ID_LIMIT) < self._bound
 
 
+def format_traceparent(trace_id: int, span_id: int, *, sampled: bool) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+
+
 class HotTracer:
     """Starts and ends hot spans; an ended sampled one goes to the span processor."""
 
@@ -98,7 +96,7 @@ class HotTracer:
         else:
             trace_id, parent_id = random.getrandbits(128) or 1, 0
             sampled = self._sampling.sampled(None, trace_id)
-        traceparent = f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+        traceparent = format_traceparent(trace_id, span_id, sampled=sampled)
         if not sampled:
             return None, traceparent
         span = HotSpan(shape, trace_id, span_id, parent_id, start=time.time_ns(), values=values)
@@ -139,11 +137,6 @@ class Tracing:
         if (shape := self._shapes.get(name)) is None:
             shape = self._shapes[name] = SpanShape(name, kind, constant, variable)
         return shape
-
-    def command_spans(self, topic: str, consumer_group: str) -> UntracedCommands:
-        if not self.enabled:
-            return _UNTRACED
-        return CommandSpans(self, topic, consumer_group)
 
     def shutdown(self) -> None:
         """Export what is still queued (bounded by OTEL_BSP_EXPORT_TIMEOUT), then stop."""
@@ -210,196 +203,3 @@ def tracing_from_environment(environ: Mapping[str, str] = os.environ) -> Tracing
         )
     resource = service_resource()
     return tracing_with(Exporter(resource, SCOPE), resource, Sampling.from_environment(environ))
-
-
-def kafka_attributes(operation: str, topic: str) -> dict[str, Any]:
-    """Messaging semantic conventions for a Kafka record."""
-    return {
-        "messaging.system": "kafka",
-        "messaging.operation.type": operation,
-        "messaging.operation.name": operation,
-        "messaging.destination.name": topic,
-    }
-
-
-def ids(
-    organization_id: str | None, command_id: str | None, group_id: str | None
-) -> dict[str, str]:
-    """The service's own span attributes."""
-    known = command_ids(organization_id, command_id, group_id)
-    return {f"customer_groups.{k}": v for k, v in known.items()}
-
-
-# Attributes of one span only.
-_OFFSET = key("messaging.kafka.offset")
-_COMMAND_ID = key("customer_groups.command_id")
-_MESSAGE_ID = key("messaging.message.id")
-
-_PROCESS_VALUES = (
-    "messaging.destination.partition.id",
-    "customer_groups.organization_id",
-    "customer_groups.group_id",
-)
-
-
-class UntracedCommands:
-    """A batch of command records with tracing off: each command passes its producer's
-    traceparent on, and nothing else happens."""
-
-    def start(
-        self,
-        position: int,  # noqa: ARG002
-        record: tuple[int, int],  # noqa: ARG002
-        producer_traceparent: str | None,
-        about: tuple[str | None, str | None, str | None],  # noqa: ARG002
-    ) -> str | None:
-        return producer_traceparent
-
-    def fail(self, position: int, error_type: str) -> None:
-        pass
-
-    def batch(self, count: int) -> AbstractContextManager[None]:  # noqa: ARG002
-        return nullcontext()
-
-    def end(self) -> None:
-        pass
-
-
-class CommandSpans(UntracedCommands):
-    """The spans of one batch of command records: one per record, child of its producer's
-    traceparent, and one for the batch, linking them, under which the batch's PostgreSQL
-    work runs. A command's traceparent (for its event and result) is its span's."""
-
-    def __init__(self, tracing: Tracing, topic: str, consumer_group: str) -> None:
-        self._tracing = tracing
-        self._name = f"process {topic}"
-        self._topic = topic
-        self._consumer_group = consumer_group
-        constant = kafka_attributes("process", topic)
-        constant["messaging.consumer.group.name"] = consumer_group
-        self._shape = tracing.shape(self._name, SpanKind.CONSUMER, constant, _PROCESS_VALUES)
-        self._spans: dict[int, HotSpan] = {}
-
-    def start(
-        self,
-        position: int,
-        record: tuple[int, int],
-        producer_traceparent: str | None,
-        about: tuple[str | None, str | None, str | None],
-    ) -> str:
-        """`about`: the command's organization, command and group ids, where known."""
-        partition, offset = record
-        organization_id, command_id, group_id = about
-        values = (str(partition), organization_id, group_id)
-        span, traceparent = self._tracing.hot.start(self._shape, producer_traceparent, values)
-        if span is not None:
-            span.unique = (
-                ((_OFFSET, offset), (_COMMAND_ID, command_id))
-                if command_id
-                else ((_OFFSET, offset),)
-            )
-            self._spans[position] = span
-        return traceparent
-
-    def fail(self, position: int, error_type: str) -> None:
-        if (span := self._spans.get(position)) is not None:
-            span.error = error_type
-
-    @contextmanager
-    def batch(self, count: int) -> Iterator[None]:
-        """The batch span, current while the batch is applied, linking each command's (as
-        many as OTEL_SPAN_LINK_COUNT_LIMIT allows)."""
-        linked = list(self._spans.values())[: self._tracing.max_links]
-        links = [
-            Link(SpanContext(s.trace_id, s.span_id, False, TraceFlags(TraceFlags.SAMPLED)))
-            for s in linked
-        ]
-        attributes = kafka_attributes("process", self._topic)
-        attributes["messaging.consumer.group.name"] = self._consumer_group
-        attributes["messaging.batch.message_count"] = count
-        with self._tracing.tracer.start_as_current_span(
-            self._name, kind=SpanKind.CONSUMER, links=links, attributes=attributes
-        ) as span:
-            context = span.get_span_context()
-            link = link_to(context.trace_id, context.span_id)
-            for hot in self._spans.values():
-                hot.link = link
-            yield
-
-    def end(self) -> None:
-        for span in self._spans.values():
-            self._tracing.hot.end(span)
-        self._spans.clear()
-
-
-_UNTRACED = UntracedCommands()
-
-
-@contextmanager
-def database_span(tracer: Tracer, operation: str, summary: str, count: int) -> Iterator[None]:
-    """A span for the PostgreSQL work of a batch, under the span current now."""
-    attributes: dict[str, str | int] = {
-        "db.system.name": "postgresql",
-        "db.operation.name": operation,
-        "db.query.summary": summary,
-        "db.operation.batch.size": count,
-    }
-    with tracer.start_as_current_span(summary, kind=SpanKind.CLIENT, attributes=attributes):
-        yield
-
-
-_SEND_VALUES = (
-    "customer_groups.organization_id",
-    "customer_groups.group_id",
-    "cloudevents.event_type",
-)
-
-
-class SendSpans:
-    """`send` spans of the events the relay publishes, each child of the command span its
-    outbox row stored; an event's traceparent is its span's."""
-
-    def __init__(self, tracing: Tracing, topic: str) -> None:
-        self._tracing = tracing
-        name = f"send {topic}"
-        self._shape = tracing.shape(
-            name, SpanKind.PRODUCER, kafka_attributes("send", topic), _SEND_VALUES
-        )
-        self.spans: list[HotSpan] = []
-
-    def start(
-        self, parent: str | None, values: tuple[str, str, str], event_id: str, command_id: str
-    ) -> str:
-        """`values`: the organization, group and event type."""
-        span, traceparent = self._tracing.hot.start(self._shape, parent, values)
-        if span is not None:
-            span.unique = ((_MESSAGE_ID, event_id), (_COMMAND_ID, command_id))
-            self.spans.append(span)
-        return traceparent
-
-    def end(self, error: BaseException | None = None) -> None:
-        """Once Kafka acknowledged the records, or refused them (`error`)."""
-        for span in self.spans:
-            if error is not None:
-                span.error = type(error).__name__
-            self._tracing.hot.end(span)
-        self.spans.clear()
-
-
-@contextmanager
-def send_span(
-    tracing: Tracing, topic: str, about: dict[str, str], untraced: str | None
-) -> Iterator[str | None]:
-    """A `send` span under the current one, around a single publish; yields the record's
-    traceparent: the span's, or with tracing off `untraced`."""
-    if not tracing.enabled:
-        yield untraced
-        return
-    attributes = kafka_attributes("send", topic)
-    attributes.update(about)
-    with tracing.tracer.start_as_current_span(
-        f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes
-    ) as span:
-        context = span.get_span_context()
-        flags = "01" if context.trace_flags.sampled else "00"
-        yield f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags}"

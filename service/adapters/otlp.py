@@ -31,11 +31,13 @@ def _varint_slow(value: int) -> bytes:
     return bytes(out)
 
 
-_SMALL = [_varint_slow(n) for n in range(1 << 14)]
-
-
 def varint(value: int) -> bytes:
-    return _SMALL[value] if value < 16384 else _varint_slow(value)
+    # Lengths and small numbers (one or two bytes) without the loop: most of what is encoded.
+    if value < 0x80:
+        return bytes((value,))
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    return _varint_slow(value)
 
 
 def field(number: int, payload: bytes) -> bytes:

@@ -11,7 +11,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind
 
 from service.adapters.otlp import Encoder, HotSpan, SpanShape, key
-from service.tracing import Sampling, SendSpans, tracing_from_environment
+from service.spans import SendSpans
+from service.tracing import Sampling, tracing_from_environment
 from tests.otlp_receiver import capturing_tracing, decode
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}

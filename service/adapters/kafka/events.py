@@ -16,7 +16,8 @@ from service.adapters.postgres.outbox_store import OutboxRow
 from service.config import Settings
 from service.domain.headers import valid_traceparent
 from service.domain.model import format_time
-from service.tracing import SendSpans, Tracing
+from service.spans import SendSpans
+from service.tracing import Tracing
 
 # Every record the service sends stays under Kafka's default limit of about 1 MiB (the
 # broker's message.max.bytes, the producer's max_request_size), whatever was stored.

@@ -22,7 +22,7 @@ from service.domain.errors import BatchConflict, GroupAlreadyExists, GroupNameTa
 from service.domain.model import Group, name_key
 from service.domain.ports import AnyCommand
 from service.domain.results import CommandResult
-from service.tracing import database_span
+from service.spans import database_span
 from service.unit_of_work import Processed, Staging
 
 GROUP_COLUMNS = (

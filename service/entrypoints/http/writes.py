@@ -25,7 +25,7 @@ from service.entrypoints.http.errors import ApiError, json_response
 from service.entrypoints.http.schemas import PREFIX
 from service.observability import command_ids
 from service.parsing import Invalid, parse_command
-from service.tracing import ids, send_span
+from service.spans import ids, send_span
 
 log = logging.getLogger(__name__)
 

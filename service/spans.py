@@ -1,0 +1,217 @@
+"""The spans along a command's path: the producer's span → `process <commands topic>` (one
+per command, a batch span linking them, the PostgreSQL work under the batch span) → `send
+<events topic>` in the relay, whose context is the event's traceparent. The outbox stores
+the command span's context, so the event continues the service's trace, not the producer's.
+HTTP writes publish their command under a `send <commands topic>` span of the request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, Tracer
+
+from service.adapters.kafka import Record
+from service.adapters.otlp import HotSpan, key, link_to
+from service.domain.ports import AnyCommand
+from service.observability import command_ids
+from service.parsing import Invalid
+from service.tracing import Tracing, format_traceparent
+
+
+def kafka_attributes(operation: str, topic: str) -> dict[str, Any]:
+    """Messaging semantic conventions for a Kafka record."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": topic,
+    }
+
+
+def ids(
+    organization_id: str | None, command_id: str | None, group_id: str | None
+) -> dict[str, str]:
+    """The service's own span attributes."""
+    known = command_ids(organization_id, command_id, group_id)
+    return {f"customer_groups.{k}": v for k, v in known.items()}
+
+
+# Attributes of one span only.
+_OFFSET = key("messaging.kafka.offset")
+_COMMAND_ID = key("customer_groups.command_id")
+_MESSAGE_ID = key("messaging.message.id")
+
+_PROCESS_VALUES = (
+    "messaging.destination.partition.id",
+    "customer_groups.organization_id",
+    "customer_groups.group_id",
+)
+
+
+class UntracedCommands:
+    """A batch of command records with tracing off: each command passes its producer's
+    traceparent on, and nothing else happens."""
+
+    def start(
+        self,
+        position: int,  # noqa: ARG002
+        record: Record,  # noqa: ARG002
+        producer_traceparent: str | None,
+        parsed: AnyCommand | Invalid,  # noqa: ARG002
+    ) -> str | None:
+        return producer_traceparent
+
+    def fail(self, position: int, error_type: str) -> None:
+        pass
+
+    def batch(self, count: int) -> AbstractContextManager[None]:  # noqa: ARG002
+        return nullcontext()
+
+    def end(self) -> None:
+        pass
+
+
+class CommandSpans(UntracedCommands):
+    """The spans of one batch of command records: one per record, child of its producer's
+    traceparent, and one for the batch, linking them, under which the batch's PostgreSQL
+    work runs. A command's traceparent (for its event and result) is its span's."""
+
+    def __init__(self, tracing: Tracing, topic: str, consumer_group: str) -> None:
+        self._tracing = tracing
+        self._name = f"process {topic}"
+        self._topic = topic
+        self._consumer_group = consumer_group
+        constant = kafka_attributes("process", topic)
+        constant["messaging.consumer.group.name"] = consumer_group
+        self._shape = tracing.shape(self._name, SpanKind.CONSUMER, constant, _PROCESS_VALUES)
+        self._spans: dict[int, HotSpan] = {}
+
+    def start(
+        self,
+        position: int,
+        record: Record,
+        producer_traceparent: str | None,
+        parsed: AnyCommand | Invalid,
+    ) -> str:
+        """`parsed`: the command, or why not (with its ids where they could be read)."""
+        command_id = parsed.command_id
+        values = (str(record.partition), parsed.organization_id, getattr(parsed, "group_id", None))
+        span, traceparent = self._tracing.hot.start(self._shape, producer_traceparent, values)
+        if span is not None:
+            offset = (_OFFSET, record.offset)
+            span.unique = (offset, (_COMMAND_ID, command_id)) if command_id else (offset,)
+            self._spans[position] = span
+        return traceparent
+
+    def fail(self, position: int, error_type: str) -> None:
+        if (span := self._spans.get(position)) is not None:
+            span.error = error_type
+
+    @contextmanager
+    def batch(self, count: int) -> Iterator[None]:
+        """The batch span, current while the batch is applied, linking each command's (as
+        many as OTEL_SPAN_LINK_COUNT_LIMIT allows)."""
+        linked = list(self._spans.values())[: self._tracing.max_links]
+        links = [
+            Link(SpanContext(s.trace_id, s.span_id, False, TraceFlags(TraceFlags.SAMPLED)))
+            for s in linked
+        ]
+        attributes = kafka_attributes("process", self._topic)
+        attributes["messaging.consumer.group.name"] = self._consumer_group
+        attributes["messaging.batch.message_count"] = count
+        with self._tracing.tracer.start_as_current_span(
+            self._name, kind=SpanKind.CONSUMER, links=links, attributes=attributes
+        ) as span:
+            context = span.get_span_context()
+            link = link_to(context.trace_id, context.span_id)
+            for hot in self._spans.values():
+                hot.link = link
+            yield
+
+    def end(self) -> None:
+        for span in self._spans.values():
+            self._tracing.hot.end(span)
+        self._spans.clear()
+
+
+_UNTRACED = UntracedCommands()
+
+
+def command_spans(tracing: Tracing, topic: str, consumer_group: str) -> UntracedCommands:
+    """A batch's spans, or with tracing off what passes the producers' traceparents on."""
+    if not tracing.enabled:
+        return _UNTRACED
+    return CommandSpans(tracing, topic, consumer_group)
+
+
+@contextmanager
+def database_span(tracer: Tracer, operation: str, summary: str, count: int) -> Iterator[None]:
+    """A span for the PostgreSQL work of a batch, under the span current now."""
+    attributes: dict[str, str | int] = {
+        "db.system.name": "postgresql",
+        "db.operation.name": operation,
+        "db.query.summary": summary,
+        "db.operation.batch.size": count,
+    }
+    with tracer.start_as_current_span(summary, kind=SpanKind.CLIENT, attributes=attributes):
+        yield
+
+
+_SEND_VALUES = (
+    "customer_groups.organization_id",
+    "customer_groups.group_id",
+    "cloudevents.event_type",
+)
+
+
+class SendSpans:
+    """`send` spans of the events the relay publishes, each child of the command span its
+    outbox row stored; an event's traceparent is its span's."""
+
+    def __init__(self, tracing: Tracing, topic: str) -> None:
+        self._tracing = tracing
+        name = f"send {topic}"
+        self._shape = tracing.shape(
+            name, SpanKind.PRODUCER, kafka_attributes("send", topic), _SEND_VALUES
+        )
+        self.spans: list[HotSpan] = []
+
+    def start(
+        self, parent: str | None, values: tuple[str, str, str], event_id: str, command_id: str
+    ) -> str:
+        """`values`: the organization, group and event type."""
+        span, traceparent = self._tracing.hot.start(self._shape, parent, values)
+        if span is not None:
+            span.unique = ((_MESSAGE_ID, event_id), (_COMMAND_ID, command_id))
+            self.spans.append(span)
+        return traceparent
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Once Kafka acknowledged the records, or refused them (`error`)."""
+        for span in self.spans:
+            if error is not None:
+                span.error = type(error).__name__
+            self._tracing.hot.end(span)
+        self.spans.clear()
+
+
+@contextmanager
+def send_span(
+    tracing: Tracing, topic: str, about: dict[str, str], untraced: str | None
+) -> Iterator[str | None]:
+    """A `send` span under the current one, around a single publish; yields the record's
+    traceparent: the span's, or with tracing off `untraced`."""
+    if not tracing.enabled:
+        yield untraced
+        return
+    attributes = kafka_attributes("send", topic)
+    attributes.update(about)
+    with tracing.tracer.start_as_current_span(
+        f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        context = span.get_span_context()
+        yield format_traceparent(
+            context.trace_id, context.span_id, sampled=context.trace_flags.sampled
+        )
