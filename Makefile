@@ -42,12 +42,12 @@ venv: $(VENV)/.installed
 
 # Reinstall only when pyproject.toml or the lock is newer than the stamp. The locked packages go
 # in first, hash-checked; then the project alone, built with the locked setuptools.
-$(VENV)/.installed: pyproject.toml $(LOCK)
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "Python >= 3.11 required; '$(PYTHON)' is $$($(PYTHON) -V 2>&1)" >&2; exit 1; }
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --require-hashes -r $(LOCK)
-	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e . -e clients/python
 	@touch $@
 
 # The dev lock first (keeping its current pins unless LOCK_ARGS says --upgrade...), then the
@@ -76,7 +76,7 @@ test: venv services
 	source .local/env && $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy service tests
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy service tests clients/python
 
 bench: venv services
 	source .local/env && $(VENV)/bin/customer-groups bench $(BENCH_ARGS)

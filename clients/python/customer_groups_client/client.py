@@ -1,0 +1,324 @@
+"""Commands in, results back: a producer for the commands topic and a reader of a reply
+topic of the client's own, never of the whole results topic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterable
+from enum import Enum
+from types import TracebackType
+from typing import Any, Final, Self
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from pydantic import ValidationError
+
+from customer_groups_client._kafka import partitions
+from customer_groups_client.commands import (
+    AddCustomers,
+    Command,
+    CreateGroup,
+    DeleteGroup,
+    RemoveCustomers,
+    UpdateGroup,
+)
+from customer_groups_client.models import Group, Membership, Result, ResultTimeout
+from customer_groups_client.topics import Topics
+
+log = logging.getLogger(__name__)
+
+# Replies are read only while their command waits; a day covers any client's retries.
+REPLY_RETENTION_MS = 24 * 3600 * 1000
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+UNSET: Final = _Unset.UNSET
+
+
+class GroupsClient:
+    """Sends commands and waits for their results.
+
+    The service copies each result to the topic a command names in its `reply_to` header;
+    this client names `reply_topic` (created when missing) and reads it from its end, so it
+    sees only replies, and among them only those it waits for: several clients may share
+    a reply topic. A command with no reply within `timeout_s` is sent again, with the same
+    `command_id`: the service answers a repeated command with its stored result and never
+    applies it twice. `kafka` options (security_protocol, ssl_context, sasl_*) go to every
+    Kafka client it makes.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        reply_topic: str,
+        topics: Topics | None = None,
+        timeout_s: float = 10.0,
+        attempts: int = 3,
+        reply_topic_replication_factor: int = 1,
+        **kafka: Any,
+    ) -> None:
+        if attempts < 1 or timeout_s <= 0:
+            raise ValueError("attempts must be at least 1 and timeout_s positive")
+        self._servers = bootstrap_servers
+        self._reply_topic = reply_topic
+        self._topics = topics or Topics()
+        self._timeout_s = timeout_s
+        self._attempts = attempts
+        self._replication_factor = reply_topic_replication_factor
+        self._kafka = kafka
+        self._pending: dict[tuple[str, str], asyncio.Future[Result]] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
+        replies = await self._ensure_reply_topic()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._servers, enable_auto_commit=False, **self._kafka
+        )
+        self._consumer = consumer
+        await consumer.start()
+        consumer.assign(replies)
+        await consumer.seek_to_end(*replies)
+        for partition in replies:
+            # The position is fixed now, before any command goes out: no reply can be missed.
+            await consumer.position(partition)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            **self._kafka,
+        )
+        await self._producer.start()
+        self._reader = asyncio.create_task(self._read_replies(), name="customer-groups-replies")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        for future in self._pending.values():
+            future.cancel()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def send(self, command: Command) -> Result:
+        """The command's result, accepted or rejected; `ResultTimeout` when none came back."""
+        if self._producer is None:
+            raise RuntimeError("start() the client first")
+        key = (command.organization_id, command.command_id)
+        if key in self._pending:
+            raise ValueError(f"command {command.command_id!r} is already waiting for its result")
+        reply = asyncio.get_running_loop().create_future()
+        self._pending[key] = reply
+        body = command.body()
+        headers = [("reply_to", self._reply_topic.encode())]
+        try:
+            for _ in range(self._attempts):
+                await self._producer.send(
+                    self._topics.commands,
+                    body,
+                    key=command.organization_id.encode(),
+                    headers=headers,
+                )
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(reply), self._timeout_s)
+                log.info("no result for command %s yet; sending it again", command.command_id)
+            raise ResultTimeout(command.command_id, self._attempts, self._timeout_s)
+        finally:
+            del self._pending[key]
+
+    async def send_many(self, commands: Iterable[Command], *, window: int = 1000) -> list[Result]:
+        """The results of `commands`, in their order, with at most `window` in flight.
+        Commands of one organization may be applied in any order unless the window is 1."""
+        slots = asyncio.Semaphore(window)
+
+        async def one(command: Command) -> Result:
+            async with slots:
+                return await self.send(command)
+
+        return await asyncio.gather(*(one(command) for command in commands))
+
+    async def create(
+        self,
+        organization_id: str,
+        name: str,
+        *,
+        group_id: str | None = None,
+        description: str | None = None,
+        platform_id: str | None = None,
+        command_id: str | None = None,
+    ) -> Group:
+        command = CreateGroup(
+            organization_id=organization_id,
+            name=name,
+            group_id=group_id,
+            description=description,
+            platform_id=platform_id,
+            **_id(command_id),
+        )
+        return (await self.send(command)).accepted_group()
+
+    async def update(
+        self,
+        organization_id: str,
+        group_id: str,
+        *,
+        name: str | None = None,
+        description: str | _Unset | None = UNSET,
+        platform_id: str | _Unset | None = UNSET,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+    ) -> Group:
+        """Changes the fields given; `description=None` (or `platform_id=None`) clears it."""
+        given = {
+            field: value
+            for field, value in (("description", description), ("platform_id", platform_id))
+            if value is not UNSET
+        }
+        command = UpdateGroup(
+            organization_id=organization_id,
+            group_id=group_id,
+            name=name,
+            expected_version=expected_version,
+            **given,
+            **_id(command_id),
+        )
+        return (await self.send(command)).accepted_group()
+
+    async def delete(
+        self,
+        organization_id: str,
+        group_id: str,
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+    ) -> Group:
+        """The group as it was deleted (`deleted_at` set, its last `customer_count`)."""
+        command = DeleteGroup(
+            organization_id=organization_id,
+            group_id=group_id,
+            expected_version=expected_version,
+            **_id(command_id),
+        )
+        return (await self.send(command)).accepted_group()
+
+    async def add_customers(
+        self,
+        organization_id: str,
+        group_id: str,
+        customer_ids: list[str],
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+    ) -> Membership:
+        command = AddCustomers(
+            organization_id=organization_id,
+            group_id=group_id,
+            customer_ids=customer_ids,
+            expected_version=expected_version,
+            **_id(command_id),
+        )
+        return _membership(await self.send(command))
+
+    async def remove_customers(
+        self,
+        organization_id: str,
+        group_id: str,
+        customer_ids: list[str],
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+    ) -> Membership:
+        command = RemoveCustomers(
+            organization_id=organization_id,
+            group_id=group_id,
+            customer_ids=customer_ids,
+            expected_version=expected_version,
+            **_id(command_id),
+        )
+        return _membership(await self.send(command))
+
+    async def _ensure_reply_topic(self) -> list[TopicPartition]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, **self._kafka)
+        await admin.start()
+        try:
+            if self._reply_topic not in await admin.list_topics():
+                await self._create_reply_topic(admin)
+            return await partitions(admin, self._reply_topic)
+        finally:
+            await admin.close()
+
+    async def _create_reply_topic(self, admin: AIOKafkaAdminClient) -> None:
+        topic = NewTopic(
+            self._reply_topic,
+            1,
+            self._replication_factor,
+            topic_configs={"retention.ms": str(REPLY_RETENTION_MS)},
+        )
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([topic])
+
+    async def _read_replies(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    self._reply(record.key, record.value)
+
+    def _reply(self, key: bytes | None, value: bytes | None) -> None:
+        if not key or not value:
+            return
+        try:
+            command_id = json.loads(value).get("command_id")
+            reply = self._pending.get((key.decode(), command_id))
+            if reply is None or reply.done():
+                return  # another client's, or one this client no longer waits for
+            reply.set_result(Result.model_validate_json(value))
+        except (ValueError, AttributeError, ValidationError):
+            log.warning("skipped a reply that is not a result")
+
+
+def _id(command_id: str | None) -> dict[str, str]:
+    return {} if command_id is None else {"command_id": command_id}
+
+
+def _membership(result: Result) -> Membership:
+    group = result.accepted_group()
+    changed = result.customers
+    return Membership(
+        group=group,
+        changed=changed.changed if changed else 0,
+        unchanged=changed.unchanged if changed else 0,
+    )
