@@ -29,7 +29,6 @@ from service.adapters.postgres.members import MemberPurger
 from service.adapters.postgres.outbox_store import PostgresOutbox
 from service.applier import CommandConsumer
 from service.config import Settings
-from service.entrypoints.asyncapi import document_topics
 from service.entrypoints.consumer import subscribe
 from service.observability import Health, Metrics
 from service.pipeline import Pipeline
@@ -148,7 +147,6 @@ async def lifespan(
         pipeline = Pipeline(consumer, health=container.health, on_stopped=on_fatal)
         if Role.CONSUMER in roles:
             container.subscriber = subscribe(broker, settings, pipeline)
-        document_topics(broker, settings)
         relay_producer = create_relay_producer(settings)
         closers = [copies.stop, producer.stop, relay_producer.stop]
         await producer.start()

@@ -14,6 +14,10 @@ from service.domain.commands import valid_organization_id
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 
 
+# Where the JSON Schemas of docs/schemas/ say they live (their $id); users publish them.
+SCHEMAS_BASE = "https://customer-groups.invalid/schemas/v1"
+
+
 class Settings(BaseSettings):
     # A refused value is not echoed: API_TOKENS and DATABASE_URL hold secrets.
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
@@ -49,6 +53,10 @@ class Settings(BaseSettings):
     topic_auto_create: bool = True
 
     ce_source: str = "customer-groups"
+    # Events carry ce_dataschema = this + "/event.schema.json" (docs/schemas/); empty: none.
+    ce_dataschema_base: str = Field(
+        default=SCHEMAS_BASE, max_length=1000, pattern=r"^([a-z][a-z0-9+.-]*://[!-~]+)?$"
+    )
 
     command_batch_max: int = Field(default=2000, ge=1)
     command_batch_timeout_ms: int = Field(default=20, ge=1)

@@ -5,6 +5,7 @@ says nothing useful; the documented publishers below carry the real payload sche
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from faststream.kafka import KafkaBroker
@@ -105,7 +106,9 @@ def document_topics(broker: KafkaBroker, settings: Settings) -> None:
             "group id. Headers: ce_specversion, ce_id (the same on every re-publish), ce_type "
             "(group.created, group.updated, group.deleted, group.customers_added, "
             "group.customers_removed), ce_source, ce_subject, ce_time, "
-            "content-type, ce_organizationid, ce_groupversion, ce_commandid, and traceparent: "
+            "content-type, ce_organizationid, ce_groupversion, ce_commandid, ce_dataschema "
+            "(the URI of the value's JSON Schema, when CE_DATASCHEMA_BASE is set, as by "
+            "default), and traceparent: "
             "the relay's send span, in the command's trace (with tracing off, the command's "
             "own traceparent when it had one)."
         ),
@@ -134,10 +137,20 @@ def document_topics(broker: KafkaBroker, settings: Settings) -> None:
     )
 
 
-def specification(broker: KafkaBroker, version: str) -> Specification:
+def specification(settings: Settings, version: str) -> Specification:
+    """The document of the contract for these settings' topics; a broker of its own, never
+    started, declares them: the running broker's command subscriber reads raw bytes."""
+    broker = KafkaBroker(settings.kafka_bootstrap_servers)
+    document_topics(broker, settings)
     return AsyncAPI(
         broker,
         title="customer-groups",
         version=version,
         description="Customer groups per organization: commands in, results and events out.",
     ).to_specification()
+
+
+def document(settings: Settings, version: str) -> str:
+    """The AsyncAPI document as committed in docs/asyncapi.json: stable key order."""
+    data = json.loads(specification(settings, version).to_json())
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

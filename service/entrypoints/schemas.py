@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from service.config import Settings
+from service.adapters.kafka.events import EVENT_SCHEMA
+from service.config import SCHEMAS_BASE, Settings
 from service.domain.commands import (
     AddCustomers,
     CreateGroup,
@@ -17,11 +18,17 @@ from service.domain.commands import (
     RemoveCustomers,
     UpdateGroup,
 )
-from service.entrypoints.asyncapi import CommandResultSchema, GroupEventSchema, GroupSchema
+from service.entrypoints.asyncapi import (
+    CommandResultSchema,
+    GroupEventSchema,
+    GroupSchema,
+    document,
+)
+from service.entrypoints.http.app import VERSION
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
-DEFAULT_BASE = "https://customer-groups.invalid/schemas/v1"
 DIRECTORY = Path("docs") / "schemas"
+ASYNCAPI = Path("docs") / "asyncapi.json"
 
 MESSAGES: dict[str, type[BaseModel]] = {
     "command.group.create": CreateGroup,
@@ -30,12 +37,12 @@ MESSAGES: dict[str, type[BaseModel]] = {
     "command.group.customers.add": AddCustomers,
     "command.group.customers.remove": RemoveCustomers,
     "result": CommandResultSchema,
-    "event": GroupEventSchema,
+    EVENT_SCHEMA.removesuffix(".schema.json"): GroupEventSchema,
     "group": GroupSchema,
 }
 
 
-def generate(base: str = DEFAULT_BASE) -> dict[str, str]:
+def generate(base: str = SCHEMAS_BASE) -> dict[str, str]:
     """File name → the schema's text, each identified by `base`/its file name."""
     files = {}
     for name, model in MESSAGES.items():
@@ -43,6 +50,11 @@ def generate(base: str = DEFAULT_BASE) -> dict[str, str]:
         schema = {"$schema": DRAFT, "$id": f"{base}/{file}", **model.model_json_schema()}
         files[file] = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     return files
+
+
+def asyncapi() -> str:
+    """The AsyncAPI document for the default topics (what docs/asyncapi.json holds)."""
+    return document(Settings.model_construct(), VERSION)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,7 +67,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     parser.add_argument("--directory", type=Path, default=DIRECTORY)
-    parser.add_argument("--base", default=DEFAULT_BASE, help="the URI the $id of each starts with")
+    parser.add_argument("--base", default=SCHEMAS_BASE, help="the URI the $id of each starts with")
+    parser.add_argument(
+        "--asyncapi", type=Path, default=ASYNCAPI, help="where the AsyncAPI document goes"
+    )
     parser.set_defaults(handler=_write)
 
 
@@ -64,4 +79,6 @@ def _write(args: argparse.Namespace, settings: Settings) -> int:  # noqa: ARG001
     for file, text in generate(args.base).items():
         (args.directory / file).write_text(text)
         print(args.directory / file)
+    args.asyncapi.write_text(asyncapi())
+    print(args.asyncapi)
     return 0

@@ -66,6 +66,7 @@ async def test_each_change_is_a_cloudevent_carrying_the_group(
             "ce_organizationid": "org_a",
             "ce_groupversion": str(group["version"]),
             "ce_commandid": sent["command_id"],
+            "ce_dataschema": f"{service.settings.ce_dataschema_base}/event.schema.json",
         }
         if traceparent:
             expected["traceparent"] = traceparent

@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from faststream.kafka import KafkaBroker
-
 from service.config import Settings
-from service.entrypoints.asyncapi import document_topics, specification
+from service.entrypoints.asyncapi import specification
 
 
 def document() -> dict[str, Any]:
-    broker = KafkaBroker("127.0.0.1:9092")
-    document_topics(broker, Settings(_env_file=None))
-    data: dict[str, Any] = json.loads(specification(broker, "1.1").to_json())
+    data: dict[str, Any] = json.loads(specification(Settings(_env_file=None), "1.1").to_json())
     return data
 
 

@@ -12,12 +12,14 @@ from typing import Any
 import jsonschema
 import pytest
 
+from service.adapters.kafka.events import dataschema
+from service.config import Settings
 from service.domain.commands import CreateGroup
 from service.domain.errors import GroupNameTaken
 from service.domain.events import CustomersAdded, GroupCreated, GroupUpdated
 from service.domain.model import Group
 from service.domain.results import CommandResult
-from service.entrypoints.schemas import MESSAGES, generate
+from service.entrypoints.schemas import ASYNCAPI, MESSAGES, asyncapi, generate
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
@@ -38,6 +40,19 @@ def test_the_committed_schemas_are_what_the_models_generate() -> None:
     assert sorted(committed) == sorted(generated), "run: customer-groups schemas"
     for file, text in generated.items():
         assert committed[file] == text, f"{file} is stale; run: customer-groups schemas"
+
+
+def test_events_name_the_committed_event_schema_in_ce_dataschema() -> None:
+    assert dataschema(Settings(_env_file=None)) == schema("event")["$id"]
+    assert dataschema(Settings(_env_file=None, ce_dataschema_base="")) == ""
+    with pytest.raises(ValueError, match="ce_dataschema_base"):
+        Settings(_env_file=None, ce_dataschema_base="https://x/\x00")
+
+
+def test_the_committed_asyncapi_document_is_what_the_service_serves() -> None:
+    committed = (SCHEMAS.parents[1] / ASYNCAPI).read_text()
+    assert committed == asyncapi(), "docs/asyncapi.json is stale; run: customer-groups schemas"
+    assert json.loads(committed)["asyncapi"].startswith("3.")
 
 
 @pytest.mark.parametrize("name", MESSAGES)

@@ -22,6 +22,7 @@ from service.tracing import Tracing
 # Every record the service sends stays under Kafka's default limit of about 1 MiB (the
 # broker's message.max.bytes, the producer's max_request_size), whatever was stored.
 EVENT_MAX_BYTES = 1_000_000
+EVENT_SCHEMA = "event.schema.json"
 
 
 # Key and headers of an event: ids and names the service checked, a valid traceparent.
@@ -29,7 +30,7 @@ _EVENT_HEADROOM = 4096
 
 
 def cloudevent_headers(
-    row: OutboxRow, source: bytes, traceparent: str | None
+    row: OutboxRow, source: bytes, dataschema: bytes, traceparent: str | None
 ) -> list[tuple[str, bytes]]:
     headers = [
         ("ce_specversion", b"1.0"),
@@ -43,9 +44,17 @@ def cloudevent_headers(
         ("ce_groupversion", str(row.group_version).encode()),
         ("ce_commandid", row.command_id.encode()),
     ]
+    if dataschema:
+        headers.append(("ce_dataschema", dataschema))
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
     return headers
+
+
+def dataschema(settings: Settings) -> str:
+    """The ce_dataschema of every event: the event value's JSON Schema, or "" for none."""
+    base = settings.ce_dataschema_base.rstrip("/")
+    return f"{base}/{EVENT_SCHEMA}" if base else ""
 
 
 def stored_traceparent(row: OutboxRow) -> str | None:
@@ -91,6 +100,7 @@ class EventPublisher:
         self._producer = producer
         self._tracing = tracing or Tracing()
         self._source = settings.ce_source.encode()
+        self._dataschema = dataschema(settings).encode()
         self._topic = topic or settings.topic_events
         self._state_topic = state_topic
 
@@ -113,7 +123,9 @@ class EventPublisher:
                 (
                     row.group_id.encode(),
                     row.payload.encode(),
-                    cloudevent_headers(row, self._source, self._traceparent(row, spans)),
+                    cloudevent_headers(
+                        row, self._source, self._dataschema, self._traceparent(row, spans)
+                    ),
                 )
                 for row in rows
             ]

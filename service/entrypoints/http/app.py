@@ -116,7 +116,7 @@ def create_app(
 def _asyncapi(request: Request) -> Specification:
     state = request.app.state
     if getattr(state, "asyncapi", None) is None:
-        state.asyncapi = specification(state.container.broker, VERSION)
+        state.asyncapi = specification(state.container.settings, VERSION)
     document: Specification = state.asyncapi
     return document
 
