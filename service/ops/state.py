@@ -18,6 +18,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from asyncpg.pool import PoolConnectionProxy
 
+from service.adapters.kafka.batches import JSON_CONTENT
 from service.adapters.postgres.command_store import GROUP_COLUMNS, group_from_row
 from service.adapters.postgres.db import Pool
 from service.config import Settings
@@ -86,7 +87,8 @@ async def _publish(kafka: AIOKafkaProducer, topic: str, groups: Sequence[Group])
             topic,
             orjson.dumps(group_json(group)) if group.is_live else None,
             key=group.id.encode(),
-            headers=[("content-type", b"application/json")],
+            # The version, as the relay's state records carry it: a reader keeps the highest.
+            headers=[JSON_CONTENT, ("ce_groupversion", str(group.version).encode())],
         )
         for group in groups
     ]

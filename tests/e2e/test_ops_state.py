@@ -19,7 +19,7 @@ from service.config import Settings
 from service.domain.model import group_json
 from service.ops import state
 from service.ops.state import rebuild_state
-from tests.support import KafkaProbe, command
+from tests.support import KafkaProbe, command, headers_of
 
 
 async def compacted_topic(settings: Settings) -> str:
@@ -78,6 +78,12 @@ async def test_rebuild_state_then_reading_the_topic_yields_the_live_groups(
         assert len(fold(records)) == 3
         [tombstone] = [r for r in records if r.value is None]
         assert tombstone.key == b["id"].encode()
+        # Each carries its version, as the relay's do: a feed keeps the highest.
+        assert headers_of(tombstone)["ce_groupversion"] == "2"
+        for record in records:
+            if record.value is not None:
+                version = json.loads(record.value)["version"]
+                assert headers_of(record)["ce_groupversion"] == str(version)
 
         await rebuild_state(settings, organizations=["org_b"], to_topic=only_b)
         records = await reader.wait_for(only_b, lambda r: len(r) >= 2)

@@ -50,9 +50,6 @@ async def ensure_topics(settings: Settings) -> list[str]:
         await admin.close()
 
 
-log = logging.getLogger(__name__)
-
-
 TOPICS_READY_TIMEOUT_S = 60.0
 
 
