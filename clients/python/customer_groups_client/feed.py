@@ -119,18 +119,21 @@ class Feed:
         self._servers = bootstrap_servers
         self._group_id = group_id
         self._topics = topics or Topics()
-        self._versions: dict[str, int] = dict(known_versions or {})
+        self._sequencer = Sequencer(known_versions)
         self._resume = known_versions is not None
         self._lookback_ms = int(lookback_s * 1000)
         self._commit_interval_s = commit_interval_s
         self._max_records = max_records
         self._kafka = kafka
-        self._ended: set[str] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._handed: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self.bootstrapped = False
-        self.skipped = 0  # records that were not events of the contract
+
+    @property
+    def skipped(self) -> int:
+        """Records that were not messages of the contract (each logged)."""
+        return self._sequencer.skipped
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -207,7 +210,7 @@ class Feed:
         while True:
             fetched = await consumer.getmany(timeout_ms=1000)
             for tp, records in fetched.items():
-                batch = [change for record in records if (change := self._event(record))]
+                batch = [change for record in records if (change := self._sequencer.event(record))]
                 if batch:
                     yield batch
                 self._handed[tp] = records[-1].offset + 1
@@ -250,7 +253,7 @@ class Feed:
                     batch = [
                         change
                         for record in records
-                        if record.offset < ends[tp] and (change := self._state(record))
+                        if record.offset < ends[tp] and (change := self._sequencer.state(record))
                     ]
                     if batch:
                         yield batch
@@ -260,7 +263,19 @@ class Feed:
         finally:
             await reader.stop()
 
-    def _state(self, record: ConsumerRecord[bytes, bytes]) -> Change | None:
+
+class Sequencer:
+    """Turns the records of the state and events topics into `Change`s, each once and in
+    version order per group: a record not newer than the version held for its group (a
+    re-published event, one the snapshot already holds) gives none, and a deleted group
+    never changes again. `versions` holds what the caller already has."""
+
+    def __init__(self, versions: Mapping[str, int] | None = None) -> None:
+        self._versions: dict[str, int] = dict(versions or {})
+        self._ended: set[str] = set()
+        self.skipped = 0  # records that were not messages of the contract
+
+    def state(self, record: ConsumerRecord[bytes, bytes]) -> Change | None:
         if record.key is None:
             return self._skip("a state record without a key")
         group_id = record.key.decode(errors="replace")
@@ -276,7 +291,7 @@ class Feed:
             return self._skip(f"a state record of {group_id!r} that is not a group")
         return self._accept("snapshot", group_id, version or group.version, group, None)
 
-    def _event(self, record: ConsumerRecord[bytes, bytes]) -> Change | None:
+    def event(self, record: ConsumerRecord[bytes, bytes]) -> Change | None:
         headers = dict(record.headers)
         group_id = record.key.decode(errors="replace") if record.key else None
         version = _header_version(record.headers)
