@@ -185,7 +185,7 @@ def test_a_snapshot_then_the_events_it_already_holds_then_newer_ones() -> None:
         event("group.customers_added", group("grp_1", 4, customer_ids=["c3"], customer_count=3))
     )
     assert added is not None
-    assert (added.version, added.customer_ids) == (4, ("c3",))
+    assert (added.version, added.customer_ids) == (4, ["c3"])
 
 
 def test_a_deleted_group_never_changes_again() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Iterable
 from enum import Enum
@@ -15,6 +14,7 @@ from typing import Any, Final, Self
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
 from customer_groups_client._kafka import partitions
@@ -40,6 +40,8 @@ class _Unset(Enum):
 
 
 UNSET: Final = _Unset.UNSET
+_PARTITIONER = DefaultPartitioner()
+_Record = tuple[bytes, bytes]
 
 
 class GroupsClient:
@@ -75,6 +77,7 @@ class GroupsClient:
         self._replication_factor = reply_topic_replication_factor
         self._kafka = kafka
         self._pending: dict[tuple[str, str], asyncio.Future[Result]] = {}
+        self._headers = [("reply_to", reply_topic.encode())]
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -134,40 +137,86 @@ class GroupsClient:
 
     async def send(self, command: Command) -> Result:
         """The command's result, accepted or rejected; `ResultTimeout` when none came back."""
-        if self._producer is None:
-            raise RuntimeError("start() the client first")
-        key = (command.organization_id, command.command_id)
-        if key in self._pending:
-            raise ValueError(f"command {command.command_id!r} is already waiting for its result")
-        reply = asyncio.get_running_loop().create_future()
-        self._pending[key] = reply
-        body = command.body()
-        headers = [("reply_to", self._reply_topic.encode())]
-        try:
-            for _ in range(self._attempts):
-                await self._producer.send(
-                    self._topics.commands,
-                    body,
-                    key=command.organization_id.encode(),
-                    headers=headers,
-                )
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(reply), self._timeout_s)
-                log.info("no result for command %s yet; sending it again", command.command_id)
-            raise ResultTimeout(command.command_id, self._attempts, self._timeout_s)
-        finally:
-            del self._pending[key]
+        [result] = await self._send_all([command])
+        return result
 
     async def send_many(self, commands: Iterable[Command], *, window: int = 1000) -> list[Result]:
-        """The results of `commands`, in their order, with at most `window` in flight.
-        Commands of one organization may be applied in any order unless the window is 1."""
-        slots = asyncio.Semaphore(window)
+        """The results of `commands`, in their order, with at most `window` in flight (two
+        halves: one is sent while the other waits). Commands of one organization may be
+        applied in any order unless `window` is 1."""
+        pending = list(commands)
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        workers = 2 if window > 1 else 1
+        size = window // workers
+        starts = iter(range(0, len(pending), size))
+        results: list[Result] = []
 
-        async def one(command: Command) -> Result:
-            async with slots:
-                return await self.send(command)
+        async def work() -> dict[int, list[Result]]:
+            done = {}
+            for start in starts:
+                done[start] = await self._send_all(pending[start : start + size])
+            return done
 
-        return await asyncio.gather(*(one(command) for command in commands))
+        gathered: dict[int, list[Result]] = {}
+        for done in await asyncio.gather(*(work() for _ in range(workers))):
+            gathered.update(done)
+        for start in sorted(gathered):
+            results += gathered[start]
+        return results
+
+    async def _send_all(self, commands: list[Command]) -> list[Result]:
+        """Sends them (as record batches), waits for their replies, re-sends those with none
+        after `timeout_s`, up to `attempts` times."""
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("start() the client first")
+        loop = asyncio.get_running_loop()
+        keys = [(c.organization_id, c.command_id) for c in commands]
+        if len(set(keys)) < len(keys) or any(key in self._pending for key in keys):
+            raise ValueError("a command_id is already waiting for its result")
+        replies: list[asyncio.Future[Result]] = [loop.create_future() for _ in commands]
+        self._pending.update(zip(keys, replies, strict=True))
+        records = [(c.organization_id.encode(), c.body()) for c in commands]
+        waiting = list(range(len(commands)))
+        try:
+            for attempt in range(self._attempts):
+                if attempt:
+                    log.info("no result for %d command(s) yet; sending again", len(waiting))
+                await self._produce(producer, [records[i] for i in waiting])
+                await asyncio.wait([replies[i] for i in waiting], timeout=self._timeout_s)
+                waiting = [i for i in waiting if not replies[i].done()]
+                if not waiting:
+                    return [reply.result() for reply in replies]
+            raise ResultTimeout(commands[waiting[0]].command_id, self._attempts, self._timeout_s)
+        finally:
+            for key in keys:
+                del self._pending[key]
+
+    async def _produce(self, producer: AIOKafkaProducer, records: list[_Record]) -> None:
+        """One record batch per partition at a time, partitioned by key as every Kafka
+        client does: `send` per command costs several times the CPU."""
+        topic = self._topics.commands
+        partitions = sorted(await producer.partitions_for(topic))
+        batches: dict[int, Any] = {}
+        sent = []
+        for key, body in records:
+            partition = _PARTITIONER(key, partitions, partitions)
+            record = {"key": key, "value": body, "timestamp": None, "headers": self._headers}
+            batch = batches.get(partition)
+            if batch is not None and batch.append(**record):
+                continue
+            if batch is not None:
+                batch.close()
+                sent.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = batches[partition] = producer.create_batch()
+            if not batch.append(**record):
+                del batches[partition]  # larger than a batch: `send` sizes one to fit
+                sent.append(await producer.send(topic, body, key, partition, self._headers))
+        for partition, batch in batches.items():
+            batch.close()
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*sent)
 
     async def create(
         self,
@@ -301,13 +350,13 @@ class GroupsClient:
         if not key or not value:
             return
         try:
-            command_id = json.loads(value).get("command_id")
-            reply = self._pending.get((key.decode(), command_id))
-            if reply is None or reply.done():
-                return  # another client's, or one this client no longer waits for
-            reply.set_result(Result.model_validate_json(value))
-        except (ValueError, AttributeError, ValidationError):
+            result = Result.model_validate_json(value)
+        except ValidationError:
             log.warning("skipped a reply that is not a result")
+            return
+        reply = self._pending.get((key.decode(errors="replace"), result.command_id))
+        if reply is not None and not reply.done():
+            reply.set_result(result)  # else another client's, or one no longer waited for
 
 
 def _id(command_id: str | None) -> dict[str, str]:

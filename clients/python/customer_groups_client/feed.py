@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, NamedTuple, Self
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
@@ -36,22 +36,30 @@ ENDS_GROUP: frozenset[str] = frozenset({"tombstone", "group.deleted"})
 _VERSION = "ce_groupversion"
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """One change of one group. `kind` is the event's type; "snapshot" (the group as the
     state topic holds it) or "tombstone" (deleted) while bootstrapping."""
 
     kind: Kind
     group_id: str
     version: int | None
-    group: Group | None  # None for a tombstone
-    customer_ids: tuple[str, ...] = ()
+    group: Group | None  # None for a tombstone; a GroupEvent for an event
     event_id: str | None = None
-    previous: Mapping[str, Any] | None = None
 
     @property
     def ends_group(self) -> bool:
         return self.kind in ENDS_GROUP
+
+    @property
+    def customer_ids(self) -> list[str]:
+        """The ids a membership event changed, in the command's order."""
+        group = self.group
+        return (group.customer_ids or []) if isinstance(group, GroupEvent) else []
+
+    @property
+    def previous(self) -> dict[str, Any] | None:
+        """group.updated: the old value of each changed field."""
+        return self.group.previous if isinstance(self.group, GroupEvent) else None
 
 
 @dataclass
@@ -279,45 +287,54 @@ class Sequencer:
         if record.key is None:
             return self._skip("a state record without a key")
         group_id = record.key.decode(errors="replace")
-        version = _header_version(record.headers)
+        version = _version(record.headers)
+        if not self._newer(group_id, version):
+            return None
         if record.value is None:
             if group_id not in self._versions:
                 self._ended.add(group_id)
                 return None  # deleted before this feed knew it: nothing to end
-            return self._accept("tombstone", group_id, version, None, None)
+            return self._accept("tombstone", group_id, version, None)
         try:
             group = Group.model_validate_json(record.value)
         except ValidationError:
             return self._skip(f"a state record of {group_id!r} that is not a group")
-        return self._accept("snapshot", group_id, version or group.version, group, None)
+        return self._accept("snapshot", group_id, version or group.version, group)
 
     def event(self, record: ConsumerRecord[bytes, bytes]) -> Change | None:
-        headers = dict(record.headers)
-        group_id = record.key.decode(errors="replace") if record.key else None
-        version = _header_version(record.headers)
-        kind = headers.get("ce_type", b"").decode(errors="replace")
-        if group_id is None or version is None or kind not in _EVENT_KINDS or not record.value:
+        # The hot path of a feed: one pass over the headers, and a record not newer than
+        # the version held is dropped before its value is parsed.
+        kind = event_id = raw_version = None
+        for name, value in record.headers:
+            if name == "ce_type":
+                kind = _EVENT_KINDS.get(value)
+            elif name == _VERSION:
+                raw_version = value
+            elif name == "ce_id":
+                event_id = value
+        key, value = record.key, record.value
+        if key is None or kind is None or raw_version is None or not value:
             return self._skip("a record that is not an event of the contract")
+        try:
+            version = int(raw_version)
+        except ValueError:
+            return self._skip("an event whose ce_groupversion is not a number")
+        group_id = key.decode(errors="replace")
         if not self._newer(group_id, version):
             return None  # a re-published event, or one the snapshot already holds
         try:
-            event = GroupEvent.model_validate_json(record.value)
+            event = GroupEvent.model_validate_json(value)
         except ValidationError:
             return self._skip(f"an event of {group_id!r} whose value is not a group")
-        event_id = headers.get("ce_id")
         return self._accept(
-            kind,
-            group_id,
-            version,
-            event,
-            event_id.decode(errors="replace") if event_id else None,
+            kind, group_id, version, event, event_id.decode(errors="replace") if event_id else None
         )
 
     def _newer(self, group_id: str, version: int | None) -> bool:
-        if group_id in self._ended:
-            return False
         held = self._versions.get(group_id)
-        return held is None or version is None or version > held
+        if held is not None and version is not None and version <= held:
+            return False
+        return group_id not in self._ended
 
     def _accept(
         self,
@@ -325,20 +342,13 @@ class Sequencer:
         group_id: str,
         version: int | None,
         group: Group | None,
-        event_id: str | None,
-    ) -> Change | None:
-        if not self._newer(group_id, version):
-            return None
+        event_id: str | None = None,
+    ) -> Change:
         if version is not None:
             self._versions[group_id] = version
         if kind in ENDS_GROUP:
             self._ended.add(group_id)
-        customer_ids: Iterable[str] = ()
-        previous = None
-        if isinstance(group, GroupEvent):
-            customer_ids = group.customer_ids or ()
-            previous = group.previous
-        return Change(kind, group_id, version, group, tuple(customer_ids), event_id, previous)
+        return Change(kind, group_id, version, group, event_id)
 
     def _skip(self, what: str) -> Change | None:
         self.skipped += 1
@@ -346,18 +356,16 @@ class Sequencer:
         return None
 
 
-_EVENT_KINDS = frozenset(
-    {
-        "group.created",
-        "group.updated",
-        "group.deleted",
-        "group.customers_added",
-        "group.customers_removed",
-    }
-)
+_EVENT_KINDS: dict[bytes, Kind] = {
+    b"group.created": "group.created",
+    b"group.updated": "group.updated",
+    b"group.deleted": "group.deleted",
+    b"group.customers_added": "group.customers_added",
+    b"group.customers_removed": "group.customers_removed",
+}
 
 
-def _header_version(headers: Iterable[tuple[str, bytes]]) -> int | None:
+def _version(headers: Iterable[tuple[str, bytes]]) -> int | None:
     for name, value in headers:
         if name == _VERSION:
             with contextlib.suppress(ValueError):
