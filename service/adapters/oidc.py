@@ -39,10 +39,15 @@ class Jwks:
         self._cache_s = cache_s
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
+        self._failure: tuple[float, str] | None = None
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str | None) -> jwt.PyJWK | None:
         now = time.monotonic()
+        if self._failure is not None and now - self._failure[0] < REFETCH_MIN_S:
+            # No keys yet and the provider just failed: every request asking again would
+            # queue behind a fetch that may take FETCH_TIMEOUT_S.
+            raise KeysUnavailable(self._failure[1])
         stale = now - self._fetched_at > self._cache_s
         unknown = kid not in self._keys and now - self._fetched_at > REFETCH_MIN_S
         if stale or unknown:
@@ -60,13 +65,16 @@ class Jwks:
             keys = jwt.PyJWKSet.from_dict(document).keys
         except Exception as error:
             if not self._keys:
-                raise KeysUnavailable(f"{type(error).__name__}: {error}") from error
+                reason = f"{type(error).__name__}: {error}"
+                self._failure = (time.monotonic(), reason)
+                raise KeysUnavailable(reason) from error
             # The keys held so far stay in use until the provider answers again.
             log.warning("could not refresh the OIDC keys from %s: %r", self._source, error)
             self._fetched_at = time.monotonic()
             return
         self._keys = {k.key_id or "": k for k in keys}
         self._fetched_at = time.monotonic()
+        self._failure = None
 
     def _read(self) -> bytes:
         if self._source.startswith(("https://", "http://")):

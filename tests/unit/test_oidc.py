@@ -180,6 +180,20 @@ async def test_keys_that_cannot_be_read_are_an_error_not_a_refusal(tmp_path: Pat
         await verifier.organization(sign(rsa_key()))
 
 
+async def test_keys_never_read_are_not_asked_for_again_at_every_request(
+    tmp_path: Path, key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "late.json"
+    verifier = OidcVerifier(settings(missing))
+    with pytest.raises(KeysUnavailable, match=r"late\.json"):
+        await verifier.organization(sign(key))
+    write_keys(missing, (key, "k1"))
+    with pytest.raises(KeysUnavailable, match=r"late\.json"):  # still the last failure
+        await verifier.organization(sign(key))
+    monkeypatch.setattr(oidc, "REFETCH_MIN_S", 0.0)
+    assert await verifier.organization(sign(key)) == "org_a"
+
+
 async def test_the_organization_claim_may_be_nested(jwks: Path, key: rsa.RSAPrivateKey) -> None:
     verifier = OidcVerifier(settings(jwks, oidc_organization_claim="tenant.id"))
     token = sign(key, org_id=None, tenant={"id": "org_nested"})
