@@ -95,6 +95,15 @@ async def _prepare_topics(settings: Settings, roles: frozenset[Role]) -> None:
         await wait_for_topics(client_options(settings), [settings.topic_commands])
 
 
+def _start_pruner(container: Container, pool: Pool) -> None:
+    if container.settings.outbox_publisher == "external":
+        log.info("OUTBOX_PUBLISHER=external: outbox relay off; outbox rows pruned by age")
+    external = container.settings.outbox_publisher == "external"
+    outbox = PostgresOutbox(pool, published_externally=external)
+    pruner = Pruner(outbox, container.settings, container.metrics, MemberPurger(pool))
+    container.tasks.append(asyncio.create_task(pruner.run(), name="pruner"))
+
+
 @contextlib.asynccontextmanager
 async def lifespan(
     settings: Settings,
@@ -154,26 +163,24 @@ async def lifespan(
         await broker.start()
         try:
             if Role.RELAY in roles and settings.relay_enabled:
-                await relay_producer.start()
-                state_topic = settings.topic_state if settings.relay_publish_state else None
-                publisher = EventPublisher(
-                    relay_producer, settings, state_topic=state_topic, tracing=tracing
-                )
-                relay = OutboxRelay(
-                    PostgresOutbox(pool),
-                    publisher,
-                    settings,
-                    container.metrics,
-                    container.health,
-                    woken_by_commits=Role.CONSUMER in roles,
-                )
-                consumer.on_committed.append(relay.wakeup)
-                container.relay = relay
-                container.tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
-                pruner = Pruner(
-                    PostgresOutbox(pool), settings, container.metrics, MemberPurger(pool)
-                )
-                container.tasks.append(asyncio.create_task(pruner.run(), name="pruner"))
+                if settings.outbox_publisher == "relay":
+                    await relay_producer.start()
+                    state_topic = settings.topic_state if settings.relay_publish_state else None
+                    publisher = EventPublisher(
+                        relay_producer, settings, state_topic=state_topic, tracing=tracing
+                    )
+                    relay = OutboxRelay(
+                        PostgresOutbox(pool),
+                        publisher,
+                        settings,
+                        container.metrics,
+                        container.health,
+                        woken_by_commits=Role.CONSUMER in roles,
+                    )
+                    consumer.on_committed.append(relay.wakeup)
+                    container.relay = relay
+                    container.tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+                _start_pruner(container, pool)
             log.info("customer-groups ready (roles: %s)", ", ".join(sorted(roles)))
             yield container
         finally:

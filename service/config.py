@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     prune_interval_s: float = Field(default=60, gt=0)
     prune_batch_size: int = Field(default=5000, ge=1)
 
+    # Who publishes the outbox. "external" (Debezium, say) turns our relay off wherever it
+    # would run, and the pruner there then ages rows out by occurred_at, as nothing marks
+    # them published.
+    outbox_publisher: Literal["relay", "external"] = "relay"
     relay_enabled: bool = True
     relay_batch_size: int = Field(default=2000, ge=1)
     relay_poll_min_s: float = Field(default=0.005, gt=0)

@@ -296,6 +296,37 @@ async def test_pruner_deletes_only_rows_published_longer_ago_than_retention(
     assert await pool.fetchval("SELECT count(*) FROM processed_commands") == 5
 
 
+async def test_under_an_external_publisher_the_pruner_deletes_rows_by_age(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    created = await apply(pool, *(create("org_a") for _ in range(7)))
+    ids = [r["id"] for r in await pool.fetch("SELECT id FROM outbox ORDER BY id")]
+    old, old_published, still_parked, released, recent = ids[:3], ids[3], ids[4], ids[5], ids[6]
+    await pool.execute(
+        "UPDATE outbox SET occurred_at = now() - interval '8 days' WHERE id = ANY($1)",
+        [*old, old_published, still_parked, released],
+    )
+    await pool.execute("UPDATE outbox SET published_at = now() WHERE id = $1", old_published)
+    await pool.execute(
+        "UPDATE outbox SET parked_at = now(), parked_reason = 'too large' WHERE id = ANY($1)",
+        [still_parked, released],
+    )
+    await pool.execute("UPDATE outbox SET published_at = now() WHERE id = $1", released)
+    await pool.execute(
+        "UPDATE processed_commands SET processed_at = now() - interval '8 days'"
+        " WHERE command_id = $1",
+        created[0].command_id,
+    )
+
+    external = settings.model_copy(update={"outbox_publisher": "external", "prune_batch_size": 2})
+    outbox = PostgresOutbox(pool, published_externally=True)
+    assert await Pruner(outbox, external, Metrics()).prune_once() == (5, 1)
+
+    left = {r["id"] for r in await pool.fetch("SELECT id FROM outbox")}
+    assert left == {still_parked, recent}
+    assert await pool.fetchval("SELECT count(*) FROM processed_commands") == 6
+
+
 async def test_the_leaders_session_settings_go_back_with_its_connection(
     settings: Settings,
 ) -> None:

@@ -46,6 +46,17 @@ DELETE FROM outbox WHERE id IN (
     LIMIT $2)
 """
 
+# An external publisher (Debezium) reads the outbox from the WAL and never marks a row
+# published, so retention counts from when the event occurred: `republish` still finds every
+# event of the retention window. A row our relay parked and nobody released stays.
+PRUNE_OUTBOX_BY_AGE = """
+DELETE FROM outbox WHERE id IN (
+    SELECT id FROM outbox
+    WHERE occurred_at < now() - make_interval(secs => $1)
+      AND (parked_at IS NULL OR published_at IS NOT NULL)
+    LIMIT $2)
+"""
+
 PRUNE_PROCESSED = """
 DELETE FROM processed_commands WHERE ctid IN (
     SELECT ctid FROM processed_commands
@@ -215,15 +226,17 @@ class PostgresOutbox:
     """The outbox as the relay and the pruner see it: a leader session per term, pruning,
     and the backlog's size."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, published_externally: bool = False) -> None:
         self._pool = pool
+        self._prune_outbox = PRUNE_OUTBOX_BY_AGE if published_externally else PRUNE_OUTBOX
 
     async def prune(
         self, outbox_after_s: float, processed_after_s: float, batch: int
     ) -> tuple[int, int]:
-        """Published rows and processed-command records past their retention, deleted."""
+        """Outbox rows (published ones, unless an external publisher that marks none reads
+        them) and processed-command records past their retention, deleted."""
         return (
-            await prune(self._pool, PRUNE_OUTBOX, outbox_after_s, batch),
+            await prune(self._pool, self._prune_outbox, outbox_after_s, batch),
             await prune(self._pool, PRUNE_PROCESSED, processed_after_s, batch),
         )
 

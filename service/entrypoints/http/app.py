@@ -165,9 +165,12 @@ async def _refresh_gauges(container: Container) -> None:
     metrics.pipeline_stopped.set("pipeline" in container.health.problems)
     if container.relay is not None:
         metrics.relay_leading.set(container.relay.leading)
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(PROBE_TIMEOUT_S):
-            metrics.observe_backlog(await outbox_store.backlog(container.pool))
+    # Under an external publisher no row is ever marked published: the whole outbox would
+    # look like backlog, so the publisher's own lag is the one to watch.
+    if container.settings.outbox_publisher == "relay":
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                metrics.observe_backlog(await outbox_store.backlog(container.pool))
     consumer = getattr(container.subscriber, "consumer", None)
     if consumer is None:
         return
