@@ -2,7 +2,7 @@
 # Debezium's PostgreSQL connector + Outbox Event Router as an alternative outbox relay, for
 # benchmarks and e2e tests against our own relay (deploy/debezium/README.md).
 #
-#   deploy/local/debezium.sh start|stop|restart|status|url|lag|reset|clean|drop
+#   deploy/local/debezium.sh start|db|stop|restart|status|url|pid|lag|reset|clean|drop
 #
 # start    starts (creating it the first time) a PostgreSQL cluster of its own with
 #          wal_level=logical, applies the service's migrations to it, then runs Kafka Connect
@@ -10,11 +10,14 @@
 #          until the connector and its task are RUNNING. The default cluster of postgres.sh
 #          (port 55432) is never touched: logical decoding needs a restart with
 #          wal_level=logical there, and it would keep WAL for the slot.
+# db       only the logical cluster and its migrations, without Connect (a run of our own relay
+#          on the same database, before Connect starts).
 # stop     stops Connect, then the logical cluster. The slot and Connect's offsets are kept,
 #          so the next start resumes where this one stopped.
 # status   Connect's process, connector and task state, the slot's lag.
 # url      the DATABASE_URL of the logical cluster (run the service against it with
-#          RELAY_ENABLED=false, or insert into its outbox).
+#          OUTBOX_PUBLISHER=external, or insert into its outbox).
+# pid      the PID of the running Connect JVM (exit status 1 if none).
 # lag      the slot's confirmed_flush_lsn against the server's current WAL position.
 # reset    stops Connect, drops the slot and the publication and deletes Connect's offsets:
 #          the next start begins afresh (after snapshot.mode). The outbox is left as it is.
@@ -30,6 +33,8 @@
 #                           public.outbox (Debezium creates the publication). If it is set, this
 #                           script leaves the database alone (no cluster, no migrations).
 #   DEBEZIUM_CE_SOURCE      the ce_source header (default customer-groups, as CE_SOURCE).
+#   DEBEZIUM_CE_DATASCHEMA  the ce_dataschema header (default, as the service's default
+#                           CE_DATASCHEMA_BASE: <base>/event.schema.json).
 #   DEBEZIUM_SNAPSHOT_MODE  no_data (default): only rows inserted after the slot was created;
 #                           initial: first the rows that are not yet published (not parked), then
 #                           streaming. Applies only when there are no offsets yet (first start or
@@ -90,6 +95,7 @@ DATABASE_URL_DBZ="${DEBEZIUM_DATABASE_URL:-$LOCAL_URL}"
 EVENTS_TOPIC="${DEBEZIUM_EVENTS_TOPIC:-customer-groups.events}"
 EVENTS_PARTITIONS="${DEBEZIUM_EVENTS_PARTITIONS:-6}"
 CE_SOURCE="${DEBEZIUM_CE_SOURCE:-customer-groups}"
+CE_DATASCHEMA="${DEBEZIUM_CE_DATASCHEMA:-https://customer-groups.invalid/schemas/v1/event.schema.json}"
 SNAPSHOT_MODE="${DEBEZIUM_SNAPSHOT_MODE:-no_data}"
 SLOT_NAME="${DEBEZIUM_SLOT_NAME:-customer_groups_outbox}"
 REST_PORT="${DEBEZIUM_REST_PORT:-8083}"
@@ -364,9 +370,9 @@ producer.client.id=customer-groups-debezium
 EOF
 
     python3 - "$CONNECTOR_JSON" "$CONNECTOR_CONF" "$DATABASE_URL_DBZ" "$EVENTS_TOPIC" \
-        "$CE_SOURCE" "$SNAPSHOT_MODE" "$SLOT_NAME" <<'EOF'
+        "$CE_SOURCE" "$CE_DATASCHEMA" "$SNAPSHOT_MODE" "$SLOT_NAME" <<'EOF'
 import json, sys, urllib.parse
-src, dst, url, topic, source, snapshot, slot = sys.argv[1:]
+src, dst, url, topic, source, dataschema, snapshot, slot = sys.argv[1:]
 u = urllib.parse.urlsplit(url)
 query = dict(urllib.parse.parse_qsl(u.query))
 values = {
@@ -378,6 +384,7 @@ values = {
     "@DB_SSLMODE@": query.get("sslmode", "prefer"),
     "@EVENTS_TOPIC@": topic,
     "@CE_SOURCE@": source,
+    "@CE_DATASCHEMA@": dataschema,
     "@SNAPSHOT_MODE@": snapshot,
     "@SLOT_NAME@": slot,
 }
@@ -509,11 +516,15 @@ stop_connect() {
 
 # ---------------------------------------------------------------- commands
 
-start() {
+database() {
     if managed_db; then
         start_cluster
         migrate
     fi
+}
+
+start() {
+    database
     start_connect
 }
 
@@ -595,16 +606,18 @@ with_lock() {
 
 case "${1:-}" in
 start) with_lock start ;;
+db) with_lock database ;;
 stop) with_lock stop ;;
 restart) with_lock stop_connect && with_lock start ;;
 status) status ;;
 url) echo "$DATABASE_URL_DBZ" ;;
+pid) our_pid ;;
 lag) lag ;;
 reset) with_lock reset ;;
 clean) with_lock clean ;;
 drop) with_lock drop ;;
 *)
-    echo "usage: $0 start|stop|restart|status|url|lag|reset|clean|drop" >&2
+    echo "usage: $0 start|db|stop|restart|status|url|pid|lag|reset|clean|drop" >&2
     exit 2
     ;;
 esac

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,7 +25,40 @@ LATENCY_WARMUP_S = 2.0
 LATENCY_TICK_MS = 5
 
 
+@dataclass(frozen=True)
+class LatencySample:
+    """Each measured command's time from when it was due to its event and to its result."""
+
+    to_event: dict[str, float]
+    to_result: dict[str, float]
+    offered_per_s: float
+    service_cpu_cores: float | None
+
+    def relay_leg(self) -> list[float]:
+        """Each command's event after its result: the result goes out after the commit, so
+        this is the relay's time from the commit on, whichever relay it is."""
+        return [self.to_event[c] - self.to_result[c] for c in self.to_event if c in self.to_result]
+
+
 async def measure(run: BenchRun, services: Services) -> None:
+    o = run.options
+    found = await sample(run, services)
+    if found is None:
+        return
+    run.figures["latency_ms"] = percentiles_ms(list(found.to_event.values()))
+    run.figures["latency_to_result_ms"] = percentiles_ms(list(found.to_result.values()))
+    run.figures["latency_relay_leg_ms"] = percentiles_ms(found.relay_leg())
+    run.figures["latency_rate"] = o.rate
+    run.figures["latency_offered_per_s"] = round(found.offered_per_s, 1)
+    if found.service_cpu_cores is not None:
+        run.figures["latency_service_cpu_cores"] = found.service_cpu_cores
+
+
+async def sample(
+    run: BenchRun, services: Services, name: str = "latency", tag: str = "l"
+) -> LatencySample | None:
+    """The options' rate for their latency_seconds, commands tagged `tag`; None if no event
+    came back at all."""
     o, t = run.options, services.settings
     if not o.external:
         await run.database.reset()
@@ -34,8 +68,8 @@ async def measure(run: BenchRun, services: Services) -> None:
     # statistics and new pages (slow single transactions, docs/benchmark.md); a service
     # that has been running does not, so the first seconds at the rate are not measured.
     warm = int(o.rate * LATENCY_WARMUP_S)
-    run.progress(f"latency: {count:,} commands at {o.rate:,}/s, after {warm:,} unmeasured")
-    planned = workload.plan(warm + count, run.orgs, run.tag("l"))
+    run.progress(f"{name}: {count:,} commands at {o.rate:,}/s, after {warm:,} unmeasured")
+    planned = workload.plan(warm + count, run.orgs, run.tag(tag))
     sent: dict[str, float] = {}
     to_event: dict[str, float] = {}
     to_result: dict[str, float] = {}
@@ -70,17 +104,11 @@ async def measure(run: BenchRun, services: Services) -> None:
         await client.stop()
         await tail.stop()
     if len(to_event) < expected:
-        run.problem(f"latency: {expected - len(to_event)} of {expected} events never came")
+        run.problem(f"{name}: {expected - len(to_event)} of {expected} events never came")
     if not to_event:
-        return
-    run.figures["latency_ms"] = percentiles_ms(list(to_event.values()))
-    run.figures["latency_to_result_ms"] = percentiles_ms(list(to_result.values()))
-    relay_leg = [to_event[c] - to_result[c] for c in to_event if c in to_result]
-    run.figures["latency_relay_leg_ms"] = percentiles_ms(relay_leg)
-    run.figures["latency_rate"] = o.rate
-    run.figures["latency_offered_per_s"] = round(offered, 1)
-    if (cores := cpu_cores(cpu_before, services.cpu_seconds(), elapsed)) is not None:
-        run.figures["latency_service_cpu_cores"] = cores
+        return None
+    cores = cpu_cores(cpu_before, services.cpu_seconds(), elapsed)
+    return LatencySample(to_event, to_result, offered, cores)
 
 
 async def send_paced(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-PHASES = ("baselines", "throughput", "latency", "relay", "members", "tracing")
+PHASES = ("baselines", "throughput", "latency", "relay", "members", "tracing", "client")
+# Another outbox relay the peer phase compares ours with; that phase runs only when asked.
+PEERS = ("debezium",)
 
 
 @dataclass(frozen=True)
@@ -20,10 +22,13 @@ class BenchOptions:
     members: int = 1_000_000
     big_group: int = 1_000_000
     instances: int = 1
+    client_commands: int = 20_000
+    feed_groups: int = 20_000
     relay_process: bool = False
     external: bool = False
     keep: bool = False
     skip: frozenset[str] = frozenset()
+    peer: str | None = None
 
     @classmethod
     def smoke(cls, **overrides: Any) -> BenchOptions:
@@ -37,6 +42,8 @@ class BenchOptions:
             baseline_seconds=1,
             members=4000,
             big_group=5000,
+            client_commands=200,
+            feed_groups=200,
         )
         return replace(small, **overrides)
 

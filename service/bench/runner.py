@@ -9,8 +9,10 @@ from service.adapters.kafka.topics import ensure_topics
 from service.adapters.postgres.db import create_pool, migrate
 from service.bench import (
     baselines,
+    client,
     kafka_io,
     members,
+    peer,
     relay,
     service_phases,
     traced,
@@ -66,6 +68,10 @@ async def run_bench(
                     await members.measure(run, own)
                 if "tracing" not in options.skip and not options.external:
                     await traced.measure(run, own)
+                if "client" not in options.skip and not options.external:
+                    await client.measure(run, own)
+                if options.peer and not options.external:
+                    await peer.measure(run, own)
             finally:
                 await pool.close()
     report.figures["machine"]["loadavg_at_end"] = loadavg()

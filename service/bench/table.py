@@ -23,6 +23,7 @@ TARGETS: list[tuple[str, tuple[str, ...], float, Rule]] = [
     ("members_per_s", ("members_per_s",), 100_000, "≥"),
     ("members add, big group / empty group", ("members_add_big_vs_empty",), 20, "±%"),
     ("commands_per_s, tracing on / off", ("tracing", "ratio_on_off"), 0.8, "≥"),
+    ("client feed, events applied/s", ("client_feed_events_per_s",), 100_000, "≥"),
 ]
 PREEXISTING_TOLERANCE_PCT = 10
 
@@ -107,6 +108,13 @@ def print_table(report: Report) -> None:
             "[green]met[/]" if met else "[red]missed[/]",
         )
     _member_rows(f, figures)
+    if client := f.get("client_send_many_commands_per_s"):
+        figures.add_row(
+            "client send_many commands/s",
+            f"{client:,.0f}",
+            "",
+            f"{f['client_send_many_ratio']:.3f} of raw ({f['client_raw_commands_per_s']:,}/s)",
+        )
     cpu = [
         (phase, value)
         for phase, value in (
@@ -139,6 +147,8 @@ def print_table(report: Report) -> None:
         for name, value in ratios.items():
             table.add_row(name, f"{value:.3f}")
         console.print(table)
+    if (peers := _peer_table(f)) is not None:
+        console.print(peers)
     for problem in report.problems:
         console.print(f"[bold red]PROBLEM[/] {problem}", markup=True, highlight=False)
 
@@ -177,3 +187,43 @@ def _member_rows(f: dict[str, Any], figures: Table) -> None:
             f"{delete.get('load_rate', 0):,}/s of {delete.get('load_ids_per_command', 0)} ids; "
             f"ratio {f['members_load_delete_vs_quiet']:.2f}",
         )
+
+
+def _peer_table(figures: dict[str, Any]) -> Table | None:
+    """The phase's figures side by side; None when it did not run."""
+    if "peer_ours_events_per_s" not in figures:
+        return None
+    peer = figures.get("peer", {}).get("peer", "peer")
+    result = Table(title=f"our relay and {peer} on the same database", title_justify="left")
+    for column in ("figure", "ours", peer, "ours / " + peer):
+        result.add_column(column, justify="left" if column == "figure" else "right")
+
+    def cell(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    def ratio(name: str) -> str:
+        return cell(figures.get(name), ".3f")
+
+    result.add_row(
+        f"drain events/s ({figures['peer']['backlog']:,} rows)",
+        cell(figures.get("peer_ours_events_per_s"), ",.1f"),
+        cell(figures.get("peer_debezium_events_per_s"), ",.1f"),
+        ratio("peer_events_per_s_ratio"),
+    )
+    for name in ("cpu_cores", "rss_mb"):
+        result.add_row(
+            f"drain {name.replace('_', ' ')}",
+            cell(figures.get(f"peer_ours_{name}"), ".2f" if name == "cpu_cores" else ",.1f"),
+            cell(figures.get(f"peer_debezium_{name}"), ".2f" if name == "cpu_cores" else ",.1f"),
+            "",
+        )
+    ours_ms = figures.get("peer_ours_latency_ms", {})
+    theirs_ms = figures.get("peer_debezium_latency_ms", {})
+    for q in ("p50", "p95", "p99", "max"):
+        result.add_row(
+            f"result to event {q} (ms) at {figures['peer']['latency_rate']:,}/s",
+            cell(ours_ms.get(q), ",.1f"),
+            cell(theirs_ms.get(q), ",.1f"),
+            ratio("peer_p99_ratio") if q == "p99" else "",
+        )
+    return result

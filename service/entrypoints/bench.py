@@ -10,7 +10,7 @@ from dataclasses import fields, replace
 
 import orjson
 
-from service.bench.options import PHASES, BenchOptions
+from service.bench.options import PEERS, PHASES, BenchOptions
 from service.bench.runner import run_bench
 from service.bench.table import print_table
 from service.config import Settings
@@ -60,6 +60,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"that is then deleted, default {defaults.big_group:,}",
     )
     bench.add_argument(
+        "--client-commands",
+        type=int,
+        help="commands the client phase sends raw, then through the Python client's "
+        f"send_many, default {defaults.client_commands:,}",
+    )
+    bench.add_argument(
+        "--feed-groups",
+        type=int,
+        help="groups whose ten events each the client phase's feed applies, default "
+        f"{defaults.feed_groups:,}",
+    )
+    bench.add_argument(
         "--instances",
         type=int,
         help="service processes sharing the command partitions (one relay leads), default "
@@ -78,6 +90,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(no relay or members phase, no preload, no memory figure)",
     )
     bench.add_argument("--skip", action="append", choices=PHASES, default=[], help="repeatable")
+    bench.add_argument(
+        "--peer",
+        choices=PEERS,
+        help="also compare our relay with this one on the same database (starts it with "
+        "deploy/local/debezium.sh); --skip the other phases to run it alone",
+    )
     bench.add_argument("--smoke", action="store_true", help="tiny sizes: checks the path only")
     bench.add_argument("--keep", action="store_true", help="keep the bench database and topics")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -104,8 +122,14 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     if options.instances < 1:
         print("--instances must be at least 1", file=sys.stderr)
         return 2
-    if options.members < 1 or options.big_group < 1:
-        print("--members and --big-group must be at least 1", file=sys.stderr)
+    if min(options.members, options.big_group, options.client_commands, options.feed_groups) < 1:
+        print(
+            "--members, --big-group, --client-commands and --feed-groups must be at least 1",
+            file=sys.stderr,
+        )
+        return 2
+    if options.external and options.peer:
+        print("--peer needs the bench's own topics; not with --external", file=sys.stderr)
         return 2
 
     logging.getLogger("service").setLevel(logging.WARNING)

@@ -29,6 +29,9 @@ async def test_bench_smoke_measures_every_figure(endpoints: tuple[str, str]) -> 
     assert 0 < f["latency_ms"]["p50"] <= f["latency_ms"]["p95"] <= f["latency_ms"]["p99"]
     assert f["latency_rate"] == options.rate
     assert f["relay_events_per_s"] > 0
+    assert f["client_send_many_commands_per_s"] > 0
+    assert f["client_raw_commands_per_s"] > 0
+    assert f["client_feed_events_per_s"] > 0
     assert f["rss_mb"] > 0
     assert f["rss_mb_relay"] > 0
     for name in (

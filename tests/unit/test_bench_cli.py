@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from service.bench.options import BenchOptions
+import pytest
+
+from service.bench.options import PHASES, BenchOptions
 from service.entrypoints.bench import options_from, register
 
 
@@ -27,6 +29,7 @@ def test_every_option_given_reaches_the_run() -> None:
         *("--members", "2500", "--big-group", "3000"),
         *("--instances", "3", "--relay-process", "--external", "--keep", "--json"),
         *("--skip", "relay", "--skip", "latency", "--skip", "members"),
+        *("--peer", "debezium"),
     )
 
     assert options_from(args) == BenchOptions(
@@ -44,4 +47,20 @@ def test_every_option_given_reaches_the_run() -> None:
         external=True,
         keep=True,
         skip=frozenset({"relay", "latency", "members"}),
+        peer="debezium",
     )
+
+
+def test_the_peer_phase_runs_only_when_asked_and_alone_with_skips() -> None:
+    assert options_from(_parse()).peer is None
+    every_phase = [arg for phase in PHASES for arg in ("--skip", phase)]
+
+    alone = options_from(_parse("--peer", "debezium", *every_phase))
+
+    assert alone.peer == "debezium"
+    assert alone.skip == frozenset(PHASES)
+
+
+def test_an_unknown_peer_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        _parse("--peer", "maxwell")
