@@ -444,6 +444,19 @@ connector_state() { # prints "<connector state> <task 0 state>"
         python3 -c 'import json,sys; s=json.load(sys.stdin); t=s.get("tasks") or [{}]; print(s["connector"]["state"], t[0].get("state", "NONE"))' 2>/dev/null
 }
 
+# Offsets whose slot is gone (dropped, or in another database) make Debezium refuse to start
+# ("no longer available on the server"): nothing they point at can be read any more.
+forget_orphan_offsets() {
+    [[ -f "$OFFSETS" ]] || return 0
+    local found
+    found="$(psql_db "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$SLOT_NAME'
+                      AND database = current_database()" 2>/dev/null || echo unknown)"
+    if [[ "$found" == 0 ]]; then
+        log "Connect's offsets have no slot $SLOT_NAME in this database: starting afresh"
+        rm -f "$OFFSETS"
+    fi
+}
+
 start_connect() {
     local pid t0=$EPOCHREALTIME
     if pid="$(our_pid)"; then
@@ -455,6 +468,7 @@ start_connect() {
     command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless
     fetch_libs
     ensure_topics
+    forget_orphan_offsets
     write_connect_config
 
     [[ -f "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.1"
