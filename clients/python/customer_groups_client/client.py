@@ -41,6 +41,7 @@ class _Unset(Enum):
 
 UNSET: Final = _Unset.UNSET
 _PARTITIONER = DefaultPartitioner()
+PARTITIONS_CACHED = 100_000
 _Record = tuple[bytes, bytes]
 
 
@@ -78,6 +79,7 @@ class GroupsClient:
         self._kafka = kafka
         self._pending: dict[tuple[str, str], asyncio.Future[Result]] = {}
         self._headers = [("reply_to", reply_topic.encode())]
+        self._partitions: dict[bytes, tuple[int, int]] = {}
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -201,7 +203,7 @@ class GroupsClient:
         batches: dict[int, Any] = {}
         sent = []
         for key, body in records:
-            partition = _PARTITIONER(key, partitions, partitions)
+            partition = self._partition(key, partitions)
             record = {"key": key, "value": body, "timestamp": None, "headers": self._headers}
             batch = batches.get(partition)
             if batch is not None and batch.append(**record):
@@ -217,6 +219,18 @@ class GroupsClient:
             batch.close()
             sent.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*sent)
+
+    def _partition(self, key: bytes, partitions: list[int]) -> int:
+        # aiokafka's murmur2 is pure Python; an organization's partition is worked out once.
+        cached = self._partitions.get(key)
+        if cached is None or cached[0] != len(partitions):
+            if len(self._partitions) >= PARTITIONS_CACHED:
+                self._partitions.clear()
+            cached = self._partitions[key] = (
+                len(partitions),
+                _PARTITIONER(key, partitions, partitions),
+            )
+        return cached[1]
 
     async def create(
         self,

@@ -7,11 +7,11 @@ state (a unique name, an existing group, the version) come back as a rejected `R
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import to_json
 
 OrganizationId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 GroupId = Annotated[str, StringConstraints(pattern=r"^grp_[A-Za-z0-9_-]{1,60}$")]
@@ -42,10 +42,11 @@ class _Command(BaseModel):
     def body(self) -> bytes:
         """The command's JSON, as the commands topic takes it."""
         fields: dict[str, Any] = {"command_id": self.command_id, "type": self.type}
-        for name, value in self.model_dump(mode="json", exclude={"command_id"}).items():
+        # Every field is a str, an int, a list of str or None: no conversion to JSON needed.
+        for name, value in self.__dict__.items():
             if value is not None or (name in self._SEND_NONE and name in self.model_fields_set):
-                fields[name] = value
-        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+                fields.setdefault(name, value)
+        return to_json(fields)
 
 
 class CreateGroup(_Command):
