@@ -216,7 +216,11 @@ def start(settings: Settings, role: str, log: Path) -> subprocess.Popen[bytes]:
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     if process.poll() is None:
         process.send_signal(sig)
-        process.wait(timeout=15)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()  # a service left running would go on using the machine
+            process.wait(timeout=15)
 
 
 async def follow(feed: Feed, view: GroupView) -> None:
@@ -309,11 +313,11 @@ async def test_feeds_started_before_after_and_restarted_end_with_the_database_gr
                 for task in tasks:  # while their feeds still run
                     await cancel(task)
     finally:
+        stop(consumer)
+        stop(relay)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        stop(consumer)
-        stop(relay)
     assert len(expected) == len(ORGS) * 8
 
 
