@@ -62,6 +62,8 @@ set -euo pipefail
 
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=SCRIPTDIR/pg_cluster.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pg_cluster.sh"
 LOG_TAG=debezium
 
 DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
@@ -152,36 +154,6 @@ fetch_libs() {
 
 # ---------------------------------------------------------------- logical cluster
 
-installed_versions() {
-    local d
-    for d in /usr/lib/postgresql/*/bin/initdb; do
-        [[ -x "$d" ]] && basename "$(dirname "$(dirname "$d")")"
-    done | sort -n
-}
-
-cluster_version_of() { # cluster_version_of NAME
-    command -v pg_lsclusters >/dev/null 2>&1 || return 1
-    pg_lsclusters -h 2>/dev/null | awk -v c="$1" '$2 == c { print $1; exit }' | grep .
-}
-
-cluster_version() { cluster_version_of "$PG_CLUSTER"; }
-
-cluster_online() {
-    pg_lsclusters -h 2>/dev/null | awk -v c="$PG_CLUSTER" '$2 == c { print $4 }' | grep -q online
-}
-
-as_postgres() {
-    if [[ $(id -u) -eq 0 ]]; then
-        (cd / && runuser -u postgres -- "$@" 8>&- 9>&-)
-    else
-        (cd / && sudo -u postgres "$@" 8>&- 9>&-)
-    fi
-}
-
-psql_admin() { # SQL on stdin, as the postgres superuser over the Unix socket (peer auth)
-    as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d "${1:-postgres}"
-}
-
 psql_db() { # psql_db SQL: one query against the captured database, unaligned output
     PGCONNECT_TIMEOUT=3 psql "$DATABASE_URL_DBZ" -X -Atq -v ON_ERROR_STOP=1 -c "$1"
 }
@@ -207,18 +179,6 @@ max_slot_wal_keep_size = 4GB
     printf '%s' "$new" | as_root tee "$f" >/dev/null
     as_root chown postgres:postgres "$f"
     return 0
-}
-
-wait_pg_ready() {
-    local deadline=$((SECONDS + PG_START_TIMEOUT)) v
-    until pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -t 1; do
-        if ((SECONDS >= deadline)); then
-            v="$(cluster_version)"
-            tail -n 30 "/var/log/postgresql/postgresql-$v-$PG_CLUSTER.log" >&2 || true
-            die "PostgreSQL did not accept connections on $PG_HOST:$PG_PORT within ${PG_START_TIMEOUT}s"
-        fi
-        sleep 0.3
-    done
 }
 
 provision() {
@@ -264,7 +224,7 @@ start_cluster() {
         log "starting cluster $ver/$PG_CLUSTER on $PG_HOST:$PG_PORT"
         as_root pg_ctlcluster "$ver" "$PG_CLUSTER" start
     fi
-    wait_pg_ready
+    wait_ready
     provision
     log "cluster $ver/$PG_CLUSTER ready after $(elapsed "$t0"): $LOCAL_URL"
 }

@@ -24,6 +24,8 @@ set -euo pipefail
 
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=SCRIPTDIR/pg_cluster.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pg_cluster.sh"
 LOG_TAG=postgres
 
 PG_CLUSTER=customer_groups
@@ -97,23 +99,6 @@ external_url() {
     return 1
 }
 
-installed_versions() {
-    local d
-    for d in /usr/lib/postgresql/*/bin/initdb; do
-        [[ -x "$d" ]] && basename "$(dirname "$(dirname "$d")")"
-    done | sort -n
-}
-
-# Major version of our cluster, if it exists.
-cluster_version() {
-    command -v pg_lsclusters >/dev/null 2>&1 || return 1
-    pg_lsclusters -h 2>/dev/null | awk -v c="$PG_CLUSTER" '$2 == c { print $1; exit }' | grep .
-}
-
-cluster_online() {
-    pg_lsclusters -h 2>/dev/null | awk -v c="$PG_CLUSTER" '$2 == c { print $4 }' | grep -q online
-}
-
 ensure_installed() {
     if command -v pg_createcluster >/dev/null 2>&1 && [[ -n "$(installed_versions)" ]]; then
         return 0
@@ -122,18 +107,6 @@ ensure_installed() {
         die "no Debian PostgreSQL (pg_createcluster) here; set DATABASE_URL to a PostgreSQL database instead"
     apt_install postgresql postgresql-client
     [[ -n "$(installed_versions)" ]] || die "postgresql installed, but no server binaries found"
-}
-
-as_postgres() {
-    if [[ $(id -u) -eq 0 ]]; then
-        (cd / && runuser -u postgres -- "$@" 8>&- 9>&-)
-    else
-        (cd / && sudo -u postgres "$@" 8>&- 9>&-)
-    fi
-}
-
-psql_admin() { # SQL on stdin, as the postgres superuser over the Unix socket (peer auth)
-    as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres
 }
 
 write_conf() { # write_conf VERSION; returns 0 if the file changed
@@ -156,20 +129,6 @@ ssl_key_file = '$tls/server.key'
     printf '%s' "$new" | as_root tee "$f" >/dev/null
     as_root chown postgres:postgres "$f"
     return 0
-}
-
-wait_ready() {
-    local deadline=$((SECONDS + PG_START_TIMEOUT))
-    until pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -t 1; do
-        if ((SECONDS >= deadline)); then
-            local v
-            v="$(cluster_version)"
-            log "last lines of /var/log/postgresql/postgresql-$v-$PG_CLUSTER.log:"
-            tail -n 30 "/var/log/postgresql/postgresql-$v-$PG_CLUSTER.log" >&2 || true
-            die "PostgreSQL did not accept connections on $PG_HOST:$PG_PORT within ${PG_START_TIMEOUT}s"
-        fi
-        sleep 0.3
-    done
 }
 
 provision() {

@@ -3,10 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+
+
+class Started:
+    """Something with Kafka clients to start and close; `async with` does both."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        await self.close()
+
 
 # A topic created a moment ago may take a few metadata rounds to have partition leaders.
 TOPIC_WAIT_S = 30.0

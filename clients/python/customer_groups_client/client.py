@@ -8,8 +8,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from enum import Enum
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -17,7 +16,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
-from customer_groups_client._kafka import partitions
+from customer_groups_client._kafka import Started, partitions
 from customer_groups_client.commands import (
     AddCustomers,
     Command,
@@ -45,7 +44,7 @@ PARTITIONS_CACHED = 100_000
 _Record = tuple[bytes, bytes]
 
 
-class GroupsClient:
+class GroupsClient(Started):
     """Sends commands and waits for their results.
 
     The service copies each result to the topic a command names in its `reply_to` header;
@@ -83,18 +82,6 @@ class GroupsClient:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         try:
@@ -305,14 +292,15 @@ class GroupsClient:
         expected_version: int | None = None,
         command_id: str | None = None,
     ) -> Membership:
-        command = AddCustomers(
-            organization_id=organization_id,
-            group_id=group_id,
-            customer_ids=customer_ids,
+        """Adds the ids that are not members yet; the others count as unchanged."""
+        return await self._change_members(
+            AddCustomers,
+            organization_id,
+            group_id,
+            customer_ids,
             expected_version=expected_version,
-            **_id(command_id),
+            command_id=command_id,
         )
-        return _membership(await self.send(command))
 
     async def remove_customers(
         self,
@@ -323,14 +311,41 @@ class GroupsClient:
         expected_version: int | None = None,
         command_id: str | None = None,
     ) -> Membership:
-        command = RemoveCustomers(
+        """Removes the ids that are members; the others count as unchanged."""
+        return await self._change_members(
+            RemoveCustomers,
+            organization_id,
+            group_id,
+            customer_ids,
+            expected_version=expected_version,
+            command_id=command_id,
+        )
+
+    async def _change_members(
+        self,
+        kind: type[AddCustomers | RemoveCustomers],
+        organization_id: str,
+        group_id: str,
+        customer_ids: list[str],
+        *,
+        expected_version: int | None,
+        command_id: str | None,
+    ) -> Membership:
+        command = kind(
             organization_id=organization_id,
             group_id=group_id,
             customer_ids=customer_ids,
             expected_version=expected_version,
             **_id(command_id),
         )
-        return _membership(await self.send(command))
+        result = await self.send(command)
+        group = result.accepted_group()
+        counts = result.customers
+        return Membership(
+            group=group,
+            changed=counts.changed if counts else 0,
+            unchanged=counts.unchanged if counts else 0,
+        )
 
     async def _ensure_reply_topic(self) -> list[TopicPartition]:
         admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, **self._kafka)
@@ -375,13 +390,3 @@ class GroupsClient:
 
 def _id(command_id: str | None) -> dict[str, str]:
     return {} if command_id is None else {"command_id": command_id}
-
-
-def _membership(result: Result) -> Membership:
-    group = result.accepted_group()
-    changed = result.customers
-    return Membership(
-        group=group,
-        changed=changed.changed if changed else 0,
-        unchanged=changed.unchanged if changed else 0,
-    )

@@ -11,13 +11,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal, NamedTuple, Self
+from typing import Any, Literal, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
-from customer_groups_client._kafka import partitions_of
+from customer_groups_client._kafka import Started, partitions_of
 from customer_groups_client.models import Group, GroupEvent
 from customer_groups_client.topics import Topics
 
@@ -95,7 +94,7 @@ class GroupView:
                 known.difference_update(change.customer_ids)
 
 
-class Feed:
+class Feed(Started):
     """The changes of every group, as an async iterator of `Change`.
 
     Started, it reads the state topic from its beginning to the end offsets it finds, then
@@ -142,18 +141,6 @@ class Feed:
     def skipped(self) -> int:
         """Records that were not messages of the contract (each logged)."""
         return self._sequencer.skipped
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -233,8 +220,10 @@ class Feed:
         fresh = [tp for tp, offset in committed.items() if offset is None]
         found, ends = {}, {}
         if fresh:
-            found = await self._consumer.offsets_for_times({tp: since_ms for tp in fresh})
+            # The ends first: a partition with no record since `since_ms` starts at its end
+            # as it was before that answer, so a record arriving in between is not skipped.
             ends = await self._consumer.end_offsets(fresh)
+            found = await self._consumer.offsets_for_times({tp: since_ms for tp in fresh})
         for tp, offset in committed.items():
             at = found.get(tp)
             start = offset if offset is not None else at.offset if at is not None else ends[tp]
