@@ -30,7 +30,7 @@ async def measure(run: BenchRun, own: Settings) -> None:
     try:
         raw_per_s = await _raw(run, own, count)
         async with GroupsClient(
-            own.kafka_bootstrap_servers, reply_topic=reply_topic, topics=_topics(own)
+            own.kafka_bootstrap_servers, reply_topic=reply_topic, topics=client_topics(own)
         ) as client:
             commands = [
                 CreateGroup(organization_id=org, name=f"client {n}")
@@ -145,7 +145,8 @@ def _event(n: int, version: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]
     return group_id.encode(), orjson.dumps(value), headers
 
 
-def _topics(own: Settings) -> Topics:
+def client_topics(own: Settings) -> Topics:
+    """The client's names for the topics of these settings."""
     return Topics(
         commands=own.topic_commands,
         results=own.topic_results,

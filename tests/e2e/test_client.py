@@ -28,24 +28,15 @@ from customer_groups_client import (
     GroupView,
     Rejected,
     RemoveCustomers,
-    Topics,
     UpdateGroup,
 )
 
+from service.bench.client import client_topics
 from service.bootstrap import Container
 from service.config import Settings
 from service.ops.republish import EventFilter, republish
 
 EXAMPLE = Path(__file__).parents[2] / "clients" / "python" / "examples" / "sqlite_projection.py"
-
-
-def topics_of(settings: Settings) -> Topics:
-    return Topics(
-        commands=settings.topic_commands,
-        results=settings.topic_results,
-        events=settings.topic_events,
-        state=settings.topic_state,
-    )
 
 
 @contextlib.asynccontextmanager
@@ -54,7 +45,7 @@ async def client_of(settings: Settings, **options: Any) -> AsyncIterator[GroupsC
     async with GroupsClient(
         settings.kafka_bootstrap_servers,
         reply_topic=f"{prefix}.replies",
-        topics=topics_of(settings),
+        topics=client_topics(settings),
         **options,
     ) as client:
         yield client
@@ -64,7 +55,7 @@ def feed_of(settings: Settings, name: str, **options: Any) -> Feed:
     return Feed(
         settings.kafka_bootstrap_servers,
         group_id=f"{settings.kafka_consumer_group}-{name}",
-        topics=topics_of(settings),
+        topics=client_topics(settings),
         commit_interval_s=0.2,
         **options,
     )
@@ -251,7 +242,7 @@ async def test_feeds_started_before_after_and_restarted_end_with_the_database_gr
     relay = start(settings, "relay", log)
     example = sqlite_example()
     database = tmp_path / "groups.db"
-    topics = topics_of(settings)
+    topics = client_topics(settings)
     group = settings.kafka_consumer_group
     before, restarted = GroupView(members_kept=True), GroupView(members_kept=True)
     tasks: list[asyncio.Task[Any]] = []
