@@ -12,6 +12,7 @@
 #   kafka.log           broker log (JVM stdout/stderr + log4j); previous run in kafka.log.1
 #   kafka.pid           PID of the broker JVM
 # Needs java >= 17, mvn (first fetch only) and python3. apt-get installs whichever is missing.
+# KAFKA_HEAP_OPTS and KAFKA_GC_OPTS replace the JVM's heap and collector settings.
 set -euo pipefail
 
 # shellcheck source=SCRIPTDIR/common.sh
@@ -24,6 +25,8 @@ KAFKA_PORT="${LOCAL_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${LOCAL_KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx1g -Xms1g}"
+# The collector settings of Kafka's own launcher.
+KAFKA_GC_OPTS="${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}"
 DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 
 POM="$LOCAL_DIR/pom.xml"
@@ -203,9 +206,7 @@ start() {
     # 9>&-: the JVM must not inherit the flock fd, or it would hold the lock while it runs.
     # shellcheck disable=SC2016,SC2086
     PID_FILE="$PID_FILE" nohup setsid bash -c 'echo $$ >"$PID_FILE"; exec "$@"' kafka \
-        java $KAFKA_HEAP_OPTS -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-        -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
-        -XX:MaxInlineLevel=15 -Djava.awt.headless=true \
+        java $KAFKA_HEAP_OPTS -server $KAFKA_GC_OPTS -XX:MaxInlineLevel=15 -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$LOG4J_CONF" -Dkafka.logs.dir="$KAFKA_DIR" \
         -cp "$LIBS/*" kafka.Kafka "$CONF" </dev/null >"$LOG_FILE" 2>&1 9>&- &
 
