@@ -296,9 +296,9 @@ async def test_feeds_started_before_after_and_restarted_end_with_the_database_gr
                 actual = {g: members.get(g, set()) for g in expected}
                 assert {g: before.members[g] for g in expected} == actual
                 # Bootstrapped from counts: a member set is unknown, or right.
-                for view in (restarted, after):
+                for name, view in (("restarted", restarted), ("after", after)):
                     known = {g: m for g, m in view.members.items() if m is not None}
-                    assert known == {g: actual[g] for g in known}
+                    assert known == {g: actual[g] for g in known}, name
                 assert not first.skipped
                 assert not late.skipped
                 for task in tasks:  # while their feeds still run

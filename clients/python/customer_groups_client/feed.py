@@ -190,15 +190,18 @@ class Feed(Started):
         [events, state] = await partitions_of(
             self._servers, self._kafka, self._topics.events, self._topics.state
         )
-        consumer.assign(events)
         committed = {tp: await consumer.committed(tp) for tp in events}
         if self._resume and all(offset is not None for offset in committed.values()):
+            consumer.assign(events)
             for tp, offset in committed.items():
                 consumer.seek(tp, offset)
         else:
             started_ms = int(time.time() * 1000)
             async for batch in self._snapshot(state):
                 yield batch
+            # Assigned only now: an assigned partition is fetched in the background from
+            # where its position happens to be, before any seek.
+            consumer.assign(events)
             await self._seek_events(committed, started_ms - self._lookback_ms)
         self.bootstrapped = True
         last_commit = time.monotonic()
