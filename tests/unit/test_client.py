@@ -257,3 +257,18 @@ def test_the_view_keeps_members_where_it_can_know_them() -> None:
     view.apply(Change("tombstone", "grp_full", 5, None))
     assert "grp_full" not in view.groups
     assert "grp_full" not in view.members
+
+
+def test_the_view_forgets_members_after_a_version_it_did_not_see() -> None:
+    view = GroupView(members_kept=True)
+    sequencer = Sequencer()
+    snapshot = sequencer.state(state("grp_1", 1, group("grp_1", 1)))
+    added = sequencer.event(
+        event("group.customers_added", group("grp_1", 3, customer_ids=["b"], customer_count=2))
+    )
+    assert snapshot is not None
+    assert added is not None
+    view.apply(snapshot)
+    assert view.members == {"grp_1": set()}
+    view.apply(added)
+    assert view.members == {"grp_1": None}  # version 2 may have added someone else

@@ -66,7 +66,8 @@ class GroupView:
     """The live groups in memory (group id → group), kept by `apply`. With `members=True`
     it keeps each group's member ids too, where it can know them: a group it saw created,
     or that had no members when bootstrapped (the state topic holds counts, not ids, so a
-    group bootstrapped with members has `members[id] = None`: unknown)."""
+    group bootstrapped with members has `members[id] = None`: unknown). A set is kept only
+    across consecutive versions: after a version it did not see, it is unknown too."""
 
     members_kept: bool = False
     groups: dict[str, Group] = field(default_factory=dict)
@@ -78,6 +79,7 @@ class GroupView:
             self.groups.pop(group_id, None)
             self.members.pop(group_id, None)
             return
+        before = self.groups.get(group_id)
         self.groups[group_id] = change.group
         if not self.members_kept:
             return
@@ -85,7 +87,10 @@ class GroupView:
             change.kind == "snapshot" and change.group.customer_count == 0
         ):
             self.members[group_id] = set()
-        elif change.kind == "snapshot":
+        elif change.kind == "snapshot" or (
+            before is not None and change.group.version != before.version + 1
+        ):
+            # A change it did not see may have added or removed members.
             self.members[group_id] = None
         elif (known := self.members.get(group_id)) is not None:
             if change.kind == "group.customers_added":
