@@ -148,10 +148,14 @@ class Feed(Started):
         return self._sequencer.skipped
 
     async def start(self) -> None:
+        # "earliest" on both consumers: a position reset that races the feed's own seek
+        # (aiokafka resets a newly assigned partition in the background) then reads changes
+        # again, which their versions drop, where "latest" would skip them.
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._servers,
             group_id=self._group_id,
             enable_auto_commit=False,
+            auto_offset_reset="earliest",
             max_poll_records=self._max_records,
             **self._kafka,
         )
@@ -243,6 +247,7 @@ class Feed(Started):
         reader = AIOKafkaConsumer(
             bootstrap_servers=self._servers,
             enable_auto_commit=False,
+            auto_offset_reset="earliest",
             max_poll_records=self._max_records,
             **self._kafka,
         )
