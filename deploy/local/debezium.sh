@@ -172,13 +172,7 @@ max_wal_senders = 10
 # invalidates it (the connector then needs a reset). Keeps a forgotten slot from filling the disk.
 max_slot_wal_keep_size = 4GB
 "
-    if [[ -f "$f" && "$(cat "$f")" == "${new%$'\n'}" ]]; then
-        return 1
-    fi
-    as_root install -d -o postgres -g postgres "$(dirname "$f")"
-    printf '%s' "$new" | as_root tee "$f" >/dev/null
-    as_root chown postgres:postgres "$f"
-    return 0
+    install_conf "$f" "$new"
 }
 
 provision() {

@@ -44,3 +44,13 @@ wait_ready() {
         sleep 0.3
     done
 }
+
+install_conf() { # install_conf FILE TEXT: write a conf.d file; returns 0 if it changed
+    if [[ -f "$1" && "$(cat "$1")" == "${2%$'\n'}" ]]; then
+        return 1
+    fi
+    as_root install -d -o postgres -g postgres "$(dirname "$1")"
+    printf '%s' "$2" | as_root tee "$1" >/dev/null
+    as_root chown postgres:postgres "$1"
+    return 0
+}

@@ -122,13 +122,7 @@ ssl_cert_file = '$tls/server.pem'
 ssl_key_file = '$tls/server.key'
 # synchronous_commit and fsync stay at their defaults (on): durability as in production.
 "
-    if [[ -f "$f" && "$(cat "$f")" == "${new%$'\n'}" ]]; then
-        return 1
-    fi
-    as_root install -d -o postgres -g postgres "$(dirname "$f")"
-    printf '%s' "$new" | as_root tee "$f" >/dev/null
-    as_root chown postgres:postgres "$f"
-    return 0
+    install_conf "$f" "$new"
 }
 
 provision() {
