@@ -10,10 +10,17 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+    use_span,
+)
 
 from service.adapters.kafka import Record
-from service.adapters.otlp import HotSpan, key, link_to
+from service.adapters.otlp import HotSpan, link_to
 from service.domain.ports import AnyCommand
 from service.observability import command_ids
 from service.parsing import Invalid
@@ -38,16 +45,14 @@ def ids(
     return {f"customer_groups.{k}": v for k, v in known.items()}
 
 
-# Attributes of one span only.
-_OFFSET = key("messaging.kafka.offset")
-_COMMAND_ID = key("customer_groups.command_id")
-_MESSAGE_ID = key("messaging.message.id")
-
 _PROCESS_VALUES = (
     "messaging.destination.partition.id",
+    "messaging.kafka.offset",
     "customer_groups.organization_id",
+    "customer_groups.command_id",
     "customer_groups.group_id",
 )
+_BATCH_VALUES = ("messaging.batch.message_count",)
 
 
 class UntracedCommands:
@@ -80,12 +85,11 @@ class CommandSpans(UntracedCommands):
 
     def __init__(self, tracing: Tracing, topic: str, consumer_group: str) -> None:
         self._tracing = tracing
-        self._name = f"process {topic}"
-        self._topic = topic
-        self._consumer_group = consumer_group
+        name = f"process {topic}"
         constant = kafka_attributes("process", topic)
         constant["messaging.consumer.group.name"] = consumer_group
-        self._shape = tracing.shape(self._name, SpanKind.CONSUMER, constant, _PROCESS_VALUES)
+        self._shape = tracing.shape(name, SpanKind.CONSUMER, constant, _PROCESS_VALUES)
+        self._batch_shape = tracing.shape(name, SpanKind.CONSUMER, constant, _BATCH_VALUES)
         self._spans: dict[int, HotSpan] = {}
 
     def start(
@@ -96,12 +100,15 @@ class CommandSpans(UntracedCommands):
         parsed: AnyCommand | Invalid,
     ) -> str:
         """`parsed`: the command, or why not (with its ids where they could be read)."""
-        command_id = parsed.command_id
-        values = (str(record.partition), parsed.organization_id, getattr(parsed, "group_id", None))
+        values = (
+            str(record.partition),
+            record.offset,
+            parsed.organization_id,
+            parsed.command_id,
+            getattr(parsed, "group_id", None),
+        )
         span, traceparent = self._tracing.hot.start(self._shape, producer_traceparent, values)
         if span is not None:
-            offset = (_OFFSET, record.offset)
-            span.unique = (offset, (_COMMAND_ID, command_id)) if command_id else (offset,)
             self._spans[position] = span
         return traceparent
 
@@ -111,28 +118,26 @@ class CommandSpans(UntracedCommands):
 
     @contextmanager
     def batch(self, count: int) -> Iterator[None]:
-        """The batch span, current while the batch is applied, linking each command's (as
-        many as OTEL_SPAN_LINK_COUNT_LIMIT allows)."""
-        linked = list(self._spans.values())[: self._tracing.max_links]
-        links = [
-            Link(SpanContext(s.trace_id, s.span_id, False, TraceFlags(TraceFlags.SAMPLED)))
-            for s in linked
-        ]
-        attributes = kafka_attributes("process", self._topic)
-        attributes["messaging.consumer.group.name"] = self._consumer_group
-        attributes["messaging.batch.message_count"] = count
-        with self._tracing.tracer.start_as_current_span(
-            self._name, kind=SpanKind.CONSUMER, links=links, attributes=attributes
-        ) as span:
-            context = span.get_span_context()
-            link = link_to(context.trace_id, context.span_id)
+        """The batch span, current while the batch is applied (the parent of its PostgreSQL
+        spans), linking each command's (as many as OTEL_SPAN_LINK_COUNT_LIMIT allows)."""
+        span, traceparent = self._tracing.hot.start(self._batch_shape, None, (count,))
+        if span is None:
+            context = SpanContext(int(traceparent[3:35], 16), int(traceparent[36:52], 16), False)
+        else:
+            linked = list(self._spans.values())[: self._tracing.max_links]
+            span.link = b"".join(link_to(s.trace_id, s.span_id) for s in linked)
+            link = link_to(span.trace_id, span.span_id)
             for hot in self._spans.values():
                 hot.link = link
+            sampled = TraceFlags(TraceFlags.SAMPLED)
+            context = SpanContext(span.trace_id, span.span_id, False, sampled)
+        with use_span(NonRecordingSpan(context)):
             yield
+        if span is not None:
+            self._tracing.hot.end((span,))
 
     def end(self) -> None:
-        for span in self._spans.values():
-            self._tracing.hot.end(span)
+        self._tracing.hot.end(self._spans.values())
         self._spans.clear()
 
 
@@ -163,6 +168,8 @@ _SEND_VALUES = (
     "customer_groups.organization_id",
     "customer_groups.group_id",
     "cloudevents.event_type",
+    "messaging.message.id",
+    "customer_groups.command_id",
 )
 
 
@@ -178,22 +185,19 @@ class SendSpans:
         )
         self.spans: list[HotSpan] = []
 
-    def start(
-        self, parent: str | None, values: tuple[str, str, str], event_id: str, command_id: str
-    ) -> str:
-        """`values`: the organization, group and event type."""
+    def start(self, parent: str | None, values: tuple[str, str, str, str, str]) -> str:
+        """`values`: the organization, group, event type, event id and command id."""
         span, traceparent = self._tracing.hot.start(self._shape, parent, values)
         if span is not None:
-            span.unique = ((_MESSAGE_ID, event_id), (_COMMAND_ID, command_id))
             self.spans.append(span)
         return traceparent
 
     def end(self, error: BaseException | None = None) -> None:
         """Once Kafka acknowledged the records, or refused them (`error`)."""
-        for span in self.spans:
-            if error is not None:
+        if error is not None:
+            for span in self.spans:
                 span.error = type(error).__name__
-            self._tracing.hot.end(span)
+        self._tracing.hot.end(self.spans)
         self.spans.clear()
 
 

@@ -8,7 +8,8 @@ span is made: the producer's traceparent passes through onto results and events,
 per-command code is skipped altogether.
 
 The spans along a command's path are in service/spans.py. The per-command and per-event ones
-are `HotSpan`s (adapters.otlp), which cost a small part of what the SDK's span objects do;
+are `HotSpan`s (adapters.otlp), which cost a small part of what the SDK's span objects do,
+exported through a queue of their own (adapters.span_queue, also sized by OTEL_BSP_*);
 everything else is the SDK's."""
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -32,7 +34,8 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import SpanKind, Tracer
 
-from service.adapters.otlp import Exporter, HotSpan, SpanShape
+from service.adapters.otlp import Exporter, HotSpan, SpanShape, encode_span
+from service.adapters.span_queue import Batching, SpanQueue
 
 DEFAULT_SERVICE_NAME = "customer-groups"
 SCOPE = "customer-groups"
@@ -78,11 +81,11 @@ def format_traceparent(trace_id: int, span_id: int, *, sampled: bool) -> str:
 
 
 class HotTracer:
-    """Starts and ends hot spans; an ended sampled one goes to the span processor."""
+    """Starts hot spans, and ends them a batch at a time: encoded, to `sink`."""
 
-    def __init__(self, sampling: Sampling, emit: Callable[[HotSpan], None]) -> None:
+    def __init__(self, sampling: Sampling, sink: Callable[[list[bytes]], None]) -> None:
         self._sampling = sampling
-        self._emit = emit
+        self._sink = sink
 
     def start(
         self, shape: SpanShape, parent: str | None, values: tuple[str | int | None, ...]
@@ -102,30 +105,36 @@ class HotTracer:
         span = HotSpan(shape, trace_id, span_id, parent_id, start=time.time_ns(), values=values)
         return span, traceparent
 
-    def end(self, span: HotSpan) -> None:
-        span.end = time.time_ns()
-        self._emit(span)
+    def end(self, spans: Iterable[HotSpan]) -> None:
+        now = time.time_ns()
+        encoded = []
+        for span in spans:
+            span.end = now
+            encoded.append(encode_span(span))
+        if encoded:
+            self._sink(encoded)
 
 
 class Tracing:
-    """The service's tracers, or none at all (`enabled` is False)."""
+    """The service's tracers, or none at all (`enabled` is False). `hot`: where ended hot
+    spans go, encoded (a SpanQueue's put)."""
 
     def __init__(
         self,
         provider: TracerProvider | None = None,
-        processor: SpanProcessor | None = None,
+        hot: Callable[[list[bytes]], None] | None = None,
         sampling: Sampling | None = None,
+        on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         self._provider = provider
-        self.enabled = provider is not None and processor is not None
+        self.enabled = provider is not None and hot is not None
         self.tracer: Tracer = (
             provider.get_tracer(SCOPE) if provider is not None else trace.NoOpTracer()
         )
-        # A HotSpan has all a span processor reads of a span, and its exporter encodes it.
-        emit: Any = processor.on_end if processor else lambda _: None
-        self.hot = HotTracer(sampling or Sampling(), emit)
+        self.hot = HotTracer(sampling or Sampling(), hot or (lambda _: None))
         self.max_links = SpanLimits().max_links or 0
-        self._shapes: dict[str, SpanShape] = {}
+        self._shapes: dict[tuple[str, tuple[str, ...]], SpanShape] = {}
+        self._on_shutdown = on_shutdown
 
     @property
     def provider(self) -> TracerProvider | None:
@@ -134,47 +143,34 @@ class Tracing:
     def shape(
         self, name: str, kind: SpanKind, constant: dict[str, Any], variable: tuple[str, ...]
     ) -> SpanShape:
-        if (shape := self._shapes.get(name)) is None:
-            shape = self._shapes[name] = SpanShape(name, kind, constant, variable)
+        if (shape := self._shapes.get((name, variable))) is None:
+            shape = self._shapes[name, variable] = SpanShape(name, kind, constant, variable)
         return shape
 
     def shutdown(self) -> None:
         """Export what is still queued (bounded by OTEL_BSP_EXPORT_TIMEOUT), then stop."""
+        if self._on_shutdown is not None:
+            self._on_shutdown()
+            self._on_shutdown = None
         if self._provider is not None:
             self._provider.shutdown()
             self._provider = None
 
 
-# Used when OTEL_BSP_MAX_QUEUE_SIZE / OTEL_BSP_MAX_EXPORT_BATCH_SIZE are unset: a command
-# makes two spans, so the SDK's defaults (2,048 / 512) dropped spans at the consumer's rate
-# and sent four times as many requests (docs/benchmark.md).
-DEFAULT_QUEUE_SIZE = 16_384
-DEFAULT_EXPORT_BATCH_SIZE = 2_048
-
-
-def batch_processor(exporter: SpanExporter, environ: Mapping[str, str]) -> BatchSpanProcessor:
-    """The SDK's batch span processor; either size set in OTEL_BSP_* puts both to the SDK."""
-    sized = {"OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"} & set(environ)
-    if sized:
-        return BatchSpanProcessor(exporter)
-    return BatchSpanProcessor(
-        exporter,
-        max_queue_size=DEFAULT_QUEUE_SIZE,
-        max_export_batch_size=DEFAULT_EXPORT_BATCH_SIZE,
-    )
-
-
 def tracing_with(
-    exporter: SpanExporter, resource: Resource, sampling: Sampling, processor: Any = None
+    exporter: SpanExporter,
+    resource: Resource,
+    sampling: Sampling,
+    hot: Callable[[list[bytes]], None],
+    *,
+    processor: Callable[[SpanExporter], SpanProcessor] = BatchSpanProcessor,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> Tracing:
-    """Tracing that hands its spans to `exporter` (through a batch span processor unless
-    `processor` is another such class)."""
+    """Tracing that hands the SDK's spans to `exporter` through `processor`, and the hot
+    spans, encoded, to `hot`."""
     provider = TracerProvider(resource=resource, sampler=sampling.sdk)
-    span_processor: SpanProcessor = (
-        processor(exporter) if processor else batch_processor(exporter, os.environ)
-    )
-    provider.add_span_processor(span_processor)
-    return Tracing(provider, span_processor, sampling)
+    provider.add_span_processor(processor(exporter))
+    return Tracing(provider, hot, sampling, on_shutdown)
 
 
 def service_resource() -> Resource:
@@ -202,4 +198,11 @@ def tracing_from_environment(environ: Mapping[str, str] = os.environ) -> Tracing
             f" as OTLP {SUPPORTED_PROTOCOL}"
         )
     resource = service_resource()
-    return tracing_with(Exporter(resource, SCOPE), resource, Sampling.from_environment(environ))
+    queue = SpanQueue(Exporter(resource, SCOPE).send, Batching.from_environment(environ))
+    return tracing_with(
+        OTLPSpanExporter(),
+        resource,
+        Sampling.from_environment(environ),
+        queue.put,
+        on_shutdown=queue.shutdown,
+    )

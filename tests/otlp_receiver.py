@@ -17,9 +17,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
-from service.adapters.otlp import Encoder, HotSpan
+from service.adapters.otlp import Encoder
 from service.tracing import SCOPE, Sampling, Tracing, tracing_with
 
 
@@ -127,16 +128,19 @@ class CapturingExporter(SpanExporter):
         self.spans: list[ExportedSpan] = []
         self._encoder = Encoder(Resource.create({"service.name": "test"}), SCOPE)
 
-    def export(self, spans: Sequence[Any]) -> SpanExportResult:
-        hot = [s for s in spans if isinstance(s, HotSpan)]
-        sdk = [s for s in spans if not isinstance(s, HotSpan)]
-        data = encode_spans(sdk).SerializePartialToString() + self._encoder.request(hot)
-        self.spans.extend(decode(data))
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(decode(encode_spans(spans).SerializePartialToString()))
         return SpanExportResult.SUCCESS
+
+    def hot(self, encoded: list[bytes]) -> None:
+        self.spans.extend(decode(self._encoder.request(encoded)))
 
 
 def capturing_tracing(sampler: str = "always_on") -> tuple[Tracing, CapturingExporter]:
     """Tracing on, each span exported as it ends."""
     exporter = CapturingExporter()
     resource = Resource.create({"service.name": "test"})
-    return tracing_with(exporter, resource, Sampling(sampler), SimpleSpanProcessor), exporter
+    tracing = tracing_with(
+        exporter, resource, Sampling(sampler), exporter.hot, processor=SimpleSpanProcessor
+    )
+    return tracing, exporter

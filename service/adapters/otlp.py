@@ -4,22 +4,19 @@ command and per event encoded by hand.
 Why by hand: the stock encoder builds a protobuf object per span and per attribute, and the
 SDK's span objects validate every attribute; at the consumer's rate that cost far more than
 the work being traced (docs/benchmark.md). A `HotSpan` is a few slots, its shape (name,
-kind, constant attributes) is encoded once, and its bytes are written directly. The SDK's
-own spans (HTTP requests, batches, PostgreSQL) take the stock path, and both go out in one
-export request: protobuf appends repeated fields of concatenated messages."""
+kind, constant attributes) is encoded once, and its bytes are written directly: by the
+thread that ends it, so that the export thread (service/adapters/span_queue.py) only joins
+and sends bytes. The SDK's own spans (HTTP requests, batches, PostgreSQL) take its stock
+path and processor."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
 
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import SpanKind
 
 
 def _varint_slow(value: int) -> bytes:
@@ -32,11 +29,13 @@ def _varint_slow(value: int) -> bytes:
 
 
 def varint(value: int) -> bytes:
-    # Lengths and small numbers (one or two bytes) without the loop: most of what is encoded.
+    # Lengths and small numbers without the loop: most of what is encoded.
     if value < 0x80:
         return bytes((value,))
     if value < 0x4000:
         return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value < 0x200000:  # Kafka offsets, for a while
+        return bytes(((value & 0x7F) | 0x80, (value >> 7 & 0x7F) | 0x80, value >> 14))
     return _varint_slow(value)
 
 
@@ -53,17 +52,6 @@ def _int_value(value: int) -> bytes:
     return b"\x18" + _varint_slow(value & 0xFFFFFFFFFFFFFFFF)  # AnyValue.int_value, int64
 
 
-def _unique_attribute(key: bytes, value: str | int) -> bytes:
-    """attribute() for a key encoded beforehand (field(1, key)): the per-span path."""
-    if type(value) is int:
-        encoded = b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)
-    else:
-        text = str(value).encode()
-        encoded = b"\x0a" + varint(len(text)) + text
-    inner = key + b"\x12" + varint(len(encoded)) + encoded
-    return b"\x4a" + varint(len(inner)) + inner
-
-
 def attribute(key: str, value: str | int | bool, number: int = 9) -> bytes:
     """A KeyValue{key, AnyValue} entry: of Span.attributes (field 9), or of another
     message's `number`."""
@@ -76,9 +64,33 @@ def attribute(key: str, value: str | int | bool, number: int = 9) -> bytes:
     return field(number, field(1, key.encode()) + field(2, encoded))
 
 
-def key(name: str) -> bytes:
-    """An attribute key encoded once, for HotSpan.unique."""
-    return field(1, name.encode())
+# Text values of up to this many bytes (every id the service checked) take the table's path.
+_SHORT = 256
+
+
+class _Key:
+    """A span attribute whose value varies: every byte before a value's own, encoded once
+    per value length, so that a value costs one lookup and one concatenation."""
+
+    __slots__ = ("_key", "_text")
+
+    def __init__(self, name: str) -> None:
+        self._key = field(1, name.encode())
+        self._text = tuple(self._text_prefix(n) for n in range(_SHORT))
+
+    def _text_prefix(self, length: int) -> bytes:
+        value = b"\x0a" + varint(length)  # AnyValue.string_value, before its bytes
+        inner = self._key + b"\x12" + varint(len(value) + length) + value
+        return b"\x4a" + varint(len(inner) + length) + inner
+
+    def encode(self, value: str | int) -> bytes:
+        if type(value) is str:
+            text = value.encode()
+            size = len(text)
+            return (self._text[size] if size < _SHORT else self._text_prefix(size)) + text
+        encoded = b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)  # type: ignore[operator]
+        inner = self._key + b"\x12" + varint(len(encoded)) + encoded
+        return b"\x4a" + varint(len(inner)) + inner
 
 
 class SpanShape:
@@ -96,23 +108,11 @@ class SpanShape:
         # The protocol's SpanKind numbers the API's from 1.
         encoded = field(5, name.encode()) + b"\x30" + varint(kind.value + 1)
         self.encoded = encoded + b"".join(attribute(k, v) for k, v in constant.items())
-        self.keys = tuple(variable)
-        self.caches: tuple[dict[str | int, bytes], ...] = tuple({} for _ in variable)
-
-    def value(self, index: int, value: str | int) -> bytes:
-        """Values repeat (organizations, groups, partitions): each is encoded once."""
-        cache = self.caches[index]
-        if len(cache) >= 20_000:
-            cache.clear()
-        encoded = cache[value] = attribute(self.keys[index], value)
-        return encoded
-
-
-_SAMPLED = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        self.keys = tuple(_Key(k) for k in variable)
 
 
 class HotSpan:
-    """A finished span of the hot path, as the batch span processor and the encoder see it."""
+    """A span of the hot path, until encode_span() writes it."""
 
     __slots__ = (
         "end",
@@ -123,12 +123,8 @@ class HotSpan:
         "span_id",
         "start",
         "trace_id",
-        "unique",
         "values",
     )
-
-    # All BatchSpanProcessor reads of a span: only sampled spans are handed to it.
-    context = _SAMPLED
 
     def __init__(
         self,
@@ -146,9 +142,7 @@ class HotSpan:
         self.parent_id = parent_id
         self.start = start
         self.end = start
-        self.values = values
-        # Values met once (command and event ids): not worth a place in the shape's cache.
-        self.unique: tuple[tuple[bytes, str | int], ...] = ()
+        self.values = values  # one per shape.keys; None: the attribute is left out
         self.link = b""  # link_to(): shared by the spans of a batch
         self.error: str | None = None
 
@@ -169,26 +163,25 @@ def link_to(trace_id: int, span_id: int) -> bytes:
 
 
 def encode_span(span: HotSpan) -> bytes:
-    shape = span.shape
     parts = [
-        b"\x0a\x10" + span.trace_id.to_bytes(16, "big") + b"\x12\x08",
+        b"\x0a\x10",
+        span.trace_id.to_bytes(16, "big"),
+        b"\x12\x08",
         span.span_id.to_bytes(8, "big"),
+        b"\x22\x08" + span.parent_id.to_bytes(8, "big") if span.parent_id else b"",
+        span.shape.encoded,
+        _TIMES.pack(0x39, span.start, 0x41, span.end),
+        span.link,
+        _CHILD_FLAGS if span.parent_id else _ROOT_FLAGS,
     ]
-    if span.parent_id:
-        parts.append(b"\x22\x08" + span.parent_id.to_bytes(8, "big"))
-    parts.append(shape.encoded)
-    parts.append(_TIMES.pack(0x39, span.start, 0x41, span.end))
-    for index, (cache, value) in enumerate(zip(shape.caches, span.values, strict=True)):
+    for key, value in zip(span.shape.keys, span.values, strict=True):
         if value is not None:
-            parts.append(cache.get(value) or shape.value(index, value))
-    for key, unique in span.unique:
-        parts.append(_unique_attribute(key, unique))
+            parts.append(key.encode(value))
     if span.error is not None:
         parts.append(attribute("error.type", span.error))
         parts.append(field(15, b"\x18\x02"))  # Status{code: ERROR}
-    parts.append(span.link)
-    parts.append(_CHILD_FLAGS if span.parent_id else _ROOT_FLAGS)
-    return field(2, b"".join(parts))  # ScopeSpans.spans
+    body = b"".join(parts)
+    return b"\x12" + varint(len(body)) + body  # ScopeSpans.spans
 
 
 class Encoder:
@@ -199,30 +192,21 @@ class Encoder:
         self._resource = field(1, b"".join(attribute(k, v, 1) for k, v in attributes))  # type: ignore[arg-type]
         self._scope = field(1, field(1, scope.encode()))
 
-    def request(self, spans: Sequence[HotSpan]) -> bytes:
-        scope_spans = field(2, self._scope + b"".join(encode_span(s) for s in spans))
-        return field(1, self._resource + scope_spans)
+    def request(self, encoded: Sequence[bytes]) -> bytes:
+        """The request carrying spans encode_span() wrote."""
+        return field(1, self._resource + field(2, self._scope + b"".join(encoded)))
 
 
 class Exporter(OTLPSpanExporter):
     """The SDK's OTLP/HTTP exporter (its endpoint, headers, TLS, compression, timeout and
-    retries from the OTEL_* variables), given hot spans besides the SDK's own."""
+    retries from the OTEL_* variables), sending hot spans encoded beforehand."""
 
     def __init__(self, resource: Resource, scope: str) -> None:
         super().__init__()
         self._encoder = Encoder(resource, scope)
 
-    def export(self, spans: Sequence[Any]) -> SpanExportResult:
-        hot = [s for s in spans if type(s) is HotSpan]
-        if len(hot) < len(spans):
-            others: list[ReadableSpan] = [s for s in spans if type(s) is not HotSpan]
-            if not hot:
-                return super().export(others)
-            data = encode_spans(others).SerializePartialToString()
-        else:
-            data = b""
+    def send(self, encoded: Sequence[bytes]) -> bool:
         if self._shutdown:
-            return SpanExportResult.FAILURE
+            return False
         # The SDK's own client: the HTTP session, retries and compression it was built with.
-        result = self._client.export(data + self._encoder.request(hot))
-        return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+        return bool(self._client.export(self._encoder.request(encoded)).success)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Sequence
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind
 
-from service.adapters.otlp import Encoder, HotSpan, SpanShape, key
-from service.spans import SendSpans
+from service.adapters.otlp import Encoder, HotSpan, SpanShape, encode_span
+from service.adapters.span_queue import Batching, SpanQueue
+from service.parsing import Invalid
+from service.spans import CommandSpans, SendSpans
 from service.tracing import Sampling, tracing_from_environment
 from tests.otlp_receiver import capturing_tracing, decode
 
@@ -75,8 +80,8 @@ def test_send_spans_continue_their_row_s_trace_and_their_traceparent_is_theirs()
     tracing, exporter = capturing_tracing()
     spans = SendSpans(tracing, "events")
 
-    sent = spans.start(PARENT, ("org_a", "grp_1", "group.created"), "ev-1", "cmd-1")
-    unparented = spans.start(None, ("org_a", "grp_2", "group.created"), "ev-2", "cmd-2")
+    sent = spans.start(PARENT, ("org_a", "grp_1", "group.created", "ev-1", "cmd-1"))
+    unparented = spans.start(None, ("org_a", "grp_2", "group.created", "ev-2", "cmd-2"))
     spans.end(RuntimeError("refused"))
 
     first, second = exporter.spans
@@ -135,26 +140,103 @@ def test_a_trace_id_ratio_samples_that_share_of_trace_ids_as_the_sdk_does() -> N
 @given(
     values=st.tuples(
         st.text(max_size=300) | st.none(),
-        st.text(max_size=300) | st.none(),
-        st.text(max_size=300) | st.none(),
+        st.integers(min_value=0, max_value=2**63 - 1) | st.none(),
+        st.text(max_size=2000) | st.none(),
     ),
-    unique=st.text(max_size=2000),
-    offset=st.integers(min_value=0, max_value=2**63 - 1),
     parent=st.integers(min_value=0, max_value=2**64 - 1),
+    error=st.text(max_size=50) | st.none(),
 )
 def test_a_hot_span_decodes_to_what_was_recorded(
-    values: tuple[str | None, str | None, str | None], unique: str, offset: int, parent: int
+    values: tuple[str | None, int | None, str | None], parent: int, error: str | None
 ) -> None:
-    shape = SpanShape("process t", SpanKind.CONSUMER, {"k": "v", "n": 7}, ("a", "b", "c"))
+    shape = SpanShape("process t", SpanKind.CONSUMER, {"k": "v", "n": 7}, ("a", "offset", "c"))
     span = HotSpan(shape, 2**127 + 5, 2**63 + 9, parent, start=1, values=values)
     span.end = 2
-    span.unique = ((key("offset"), offset), (key("id"), unique))
-    request = Encoder(Resource.create({"service.name": "x"}), "scope").request([span])
+    span.error = error
+    request = Encoder(Resource.create({"service.name": "x"}), "scope").request([encode_span(span)])
 
     [decoded] = decode(request)
-    expected: dict[str, object] = {"k": "v", "n": 7, "offset": offset, "id": unique}
-    expected |= {k: v for k, v in zip(("a", "b", "c"), values, strict=True) if v is not None}
+    expected: dict[str, object] = {"k": "v", "n": 7}
+    expected |= {k: v for k, v in zip(("a", "offset", "c"), values, strict=True) if v is not None}
+    if error is not None:
+        expected["error.type"] = error
     assert decoded.attributes == expected
     assert decoded.parent_span_id == (f"{parent:016x}" if parent else "")
     assert (decoded.trace_id, decoded.span_id) == (f"{2**127 + 5:032x}", f"{2**63 + 9:016x}")
+    assert decoded.status_code == (0 if error is None else 2)
     assert (decoded.name, decoded.kind, decoded.service_name) == ("process t", 5, "x")
+
+
+@pytest.mark.parametrize("sampler", ["always_on", "parentbased_always_off"])
+def test_the_batch_span_is_the_parent_of_what_the_batch_does(sampler: str) -> None:
+    tracing, exporter = capturing_tracing(sampler)
+    spans = CommandSpans(tracing, "commands", "cg")
+    record = ConsumerRecord("commands", 3, 7, 0, 0, b"k", b"{}", None, 1, 2, [])
+    command = Invalid("not_json", "", malformed=True, command_id="c-1", organization_id="org_a")
+    spans.start(0, record, PARENT, command)
+
+    with spans.batch(1), tracing.tracer.start_as_current_span("write commands"):
+        pass
+    spans.end()
+
+    if sampler == "parentbased_always_off":  # the producer's sampled flag decides the command's
+        assert [s.name for s in exporter.spans] == ["process commands"]
+        return
+    [write] = [s for s in exporter.spans if s.name == "write commands"]
+    [batch] = [s for s in exporter.spans if "messaging.batch.message_count" in s.attributes]
+    [command_span] = [s for s in exporter.spans if "messaging.kafka.offset" in s.attributes]
+    assert (write.trace_id, write.parent_span_id) == (batch.trace_id, batch.span_id)
+    assert batch.parent_span_id == "" and batch.links == [
+        (command_span.trace_id, command_span.span_id)
+    ]
+    assert command_span.links == [(batch.trace_id, batch.span_id)]
+    assert command_span.attributes["messaging.destination.partition.id"] == "3"
+
+
+def test_the_span_queue_sends_full_batches_and_what_is_left_when_it_stops() -> None:
+    sent: list[list[bytes]] = []
+
+    def send(batch: Sequence[bytes]) -> bool:
+        sent.append(list(batch))
+        return True
+
+    queue = SpanQueue(
+        send,
+        Batching(schedule_delay_s=60, max_queue_size=10, max_export_batch_size=4),
+    )
+    queue.put([b"a", b"b", b"c"])
+    queue.put([b"d", b"e"])
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sent == [[b"a", b"b", b"c", b"d"]]
+
+    queue.put([bytes([n]) for n in range(20)])  # 9 places left of 10
+    queue.shutdown()
+
+    assert queue.dropped == 11
+    assert [len(b) for b in sent] == [4, 4, 4, 2] and sent[1][0] == b"e"
+
+
+def test_the_span_queue_counts_what_the_collector_refused() -> None:
+    queue = SpanQueue(lambda _: False, Batching(max_export_batch_size=2))
+    queue.put([b"a", b"b", b"c"])
+    queue.shutdown()
+    assert (queue.failed, queue.dropped) == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, Batching(5.0, 30.0, 16_384, 2_048)),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, Batching(5.0, 30.0, 100, 100)),
+        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "64"}, Batching(5.0, 30.0, 2_048, 64)),
+        (
+            {"OTEL_BSP_SCHEDULE_DELAY": "250", "OTEL_BSP_EXPORT_TIMEOUT": "x"},
+            Batching(0.25, 30.0, 16_384, 2_048),
+        ),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "-3"}, Batching(5.0, 30.0, 2_048, 512)),
+    ],
+)
+def test_the_span_queue_is_sized_by_otel_bsp(environ: dict[str, str], expected: Batching) -> None:
+    assert Batching.from_environment(environ) == expected
