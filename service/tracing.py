@@ -94,12 +94,14 @@ class HotTracer:
         is a W3C traceparent already checked (domain.headers)."""
         span_id = random.getrandbits(64) or 1
         if parent:
-            trace_id, parent_id = int(parent[3:35], 16), int(parent[36:52], 16)
+            trace = parent[3:35]
+            trace_id, parent_id = int(trace, 16), int(parent[36:52], 16)
             sampled = self._sampling.sampled(int(parent[53:55], 16), trace_id)
         else:
             trace_id, parent_id = random.getrandbits(128) or 1, 0
+            trace = f"{trace_id:032x}"
             sampled = self._sampling.sampled(None, trace_id)
-        traceparent = format_traceparent(trace_id, span_id, sampled=sampled)
+        traceparent = f"00-{trace}-{span_id:016x}-{'01' if sampled else '00'}"
         if not sampled:
             return None, traceparent
         span = HotSpan(shape, trace_id, span_id, parent_id, start=time.time_ns(), values=values)
