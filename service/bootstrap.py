@@ -131,7 +131,7 @@ async def lifespan(
             settings,
             pool,
             broker,
-            Metrics(),
+            Metrics(tracing.lost_spans),
             Health(),
             roles,
             tracing,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -30,13 +32,15 @@ if TYPE_CHECKING:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, lost_spans: Callable[[], Mapping[str, int]] = dict) -> None:
+        """`lost_spans`: the tracing's count of spans not exported, by reason."""
         self.registry = CollectorRegistry()
         r = self.registry
         # Resident memory, CPU seconds, open file descriptors; collections per generation.
         ProcessCollector(registry=r)
         GCCollector(registry=r)
         PlatformCollector(registry=r)
+        r.register(_LostSpans(lost_spans))
         self.http_requests = Counter(
             "customer_groups_http_requests",
             "HTTP requests answered, by method, route template and status",
@@ -144,6 +148,22 @@ class Metrics:
             counter = self.commands.labels(command_type, result.status, str(result.code))
             self._commands_by_label[key] = counter
         counter.inc()
+
+
+class _LostSpans:
+    def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "customer_groups_spans_lost",
+            "Spans this process made but did not export: its queue was full, or the collector"
+            " refused them or could not be reached",
+            labels=["reason"],
+        )
+        for reason, count in self._read().items():
+            family.add_metric([reason], count)
+        yield family
 
 
 @dataclass

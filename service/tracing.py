@@ -127,8 +127,10 @@ class Tracing:
         hot: Callable[[list[bytes]], None] | None = None,
         sampling: Sampling | None = None,
         on_shutdown: Callable[[], None] | None = None,
+        lost_spans: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self._provider = provider
+        self.lost_spans = lost_spans  # spans not exported, by reason
         self.enabled = provider is not None and hot is not None
         self.tracer: Tracer = (
             provider.get_tracer(SCOPE) if provider is not None else trace.NoOpTracer()
@@ -166,13 +168,15 @@ def tracing_with(
     hot: Callable[[list[bytes]], None],
     *,
     processor: Callable[[SpanExporter], SpanProcessor] = BatchSpanProcessor,
-    on_shutdown: Callable[[], None] | None = None,
+    queue: SpanQueue | None = None,
 ) -> Tracing:
     """Tracing that hands the SDK's spans to `exporter` through `processor`, and the hot
-    spans, encoded, to `hot`."""
+    spans, encoded, to `hot` (`queue`: the one `hot` puts them in)."""
     provider = TracerProvider(resource=resource, sampler=sampling.sdk)
     provider.add_span_processor(processor(exporter))
-    return Tracing(provider, hot, sampling, on_shutdown)
+    if queue is None:
+        return Tracing(provider, hot, sampling)
+    return Tracing(provider, hot, sampling, queue.shutdown, queue.lost)
 
 
 def service_resource() -> Resource:
@@ -206,5 +210,5 @@ def tracing_from_environment(environ: Mapping[str, str] = os.environ) -> Tracing
         resource,
         Sampling.from_environment(environ),
         queue.put,
-        on_shutdown=queue.shutdown,
+        queue=queue,
     )

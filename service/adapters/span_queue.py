@@ -107,6 +107,9 @@ class SpanQueue:
             if not sent:
                 self.failed += len(batch)
 
+    def lost(self) -> dict[str, int]:
+        return {"queue_full": self.dropped, "not_exported": self.failed}
+
     def shutdown(self) -> None:
         """Send what is queued, for at most OTEL_BSP_EXPORT_TIMEOUT, then stop."""
         with self._ready:

@@ -12,9 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind
+from prometheus_client import generate_latest
 
 from service.adapters.otlp import Encoder, HotSpan, SpanShape, encode_span
 from service.adapters.span_queue import Batching, SpanQueue
+from service.observability import Metrics
 from service.parsing import Invalid
 from service.spans import CommandSpans, SendSpans
 from service.tracing import Sampling, tracing_from_environment
@@ -240,3 +242,12 @@ def test_the_span_queue_counts_what_the_collector_refused() -> None:
 )
 def test_the_span_queue_is_sized_by_otel_bsp(environ: dict[str, str], expected: Batching) -> None:
     assert Batching.from_environment(environ) == expected
+
+
+def test_spans_lost_are_counted_in_the_metrics() -> None:
+    queue = SpanQueue(lambda _: False, Batching(max_queue_size=2, max_export_batch_size=2))
+    queue.put([b"a", b"b", b"c"])
+    queue.shutdown()
+    text = generate_latest(Metrics(queue.lost).registry).decode()
+    assert 'customer_groups_spans_lost_total{reason="queue_full"} 1.0' in text
+    assert 'customer_groups_spans_lost_total{reason="not_exported"} 2.0' in text
