@@ -176,21 +176,7 @@ max_slot_wal_keep_size = 4GB
 }
 
 provision() {
-    psql_admin <<SQL
-ALTER ROLE postgres PASSWORD '$PG_SUPERUSER_PASSWORD';
-DO \$\$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
-        CREATE ROLE $PG_ROLE LOGIN CREATEDB REPLICATION PASSWORD '$PG_PASSWORD';
-    ELSE
-        ALTER ROLE $PG_ROLE LOGIN CREATEDB REPLICATION PASSWORD '$PG_PASSWORD';
-    END IF;
-END
-\$\$;
-SELECT 'CREATE DATABASE $PG_DB OWNER $PG_ROLE ENCODING ''UTF8'''
-WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DB')
-\gexec
-SQL
+    provision_database "LOGIN CREATEDB REPLICATION"
     PGCONNECT_TIMEOUT=3 psql "$LOCAL_URL" -Atqc 'select 1' >/dev/null 2>&1 ||
         die "cannot connect to $LOCAL_URL after provisioning"
 }

@@ -54,3 +54,23 @@ install_conf() { # install_conf FILE TEXT: write a conf.d file; returns 0 if it 
     as_root chown postgres:postgres "$1"
     return 0
 }
+
+provision_database() { # provision_database 'ROLE ATTRIBUTES' [SQL]: the superuser's password,
+    # PG_ROLE with those attributes and PG_PASSWORD, PG_DB owned by it; then SQL, if any
+    psql_admin <<SQL
+ALTER ROLE postgres PASSWORD '$PG_SUPERUSER_PASSWORD';
+DO \$\$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
+        CREATE ROLE $PG_ROLE $1 PASSWORD '$PG_PASSWORD';
+    ELSE
+        ALTER ROLE $PG_ROLE $1 PASSWORD '$PG_PASSWORD';
+    END IF;
+END
+\$\$;
+SELECT 'CREATE DATABASE $PG_DB OWNER $PG_ROLE ENCODING ''UTF8'''
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DB')
+\gexec
+${2:-}
+SQL
+}

@@ -134,28 +134,13 @@ wal_compression = lz4
 }
 
 provision() {
-    psql_admin <<SQL
-ALTER ROLE postgres PASSWORD '$PG_SUPERUSER_PASSWORD';
-DO \$\$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
-        CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
-    ELSE
-        ALTER ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
-    END IF;
-END
-\$\$;
-SELECT 'CREATE DATABASE $PG_DB OWNER $PG_ROLE ENCODING ''UTF8'''
-WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DB')
-\gexec
-DO \$\$
+    provision_database "LOGIN CREATEDB" "DO \$\$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_TLS_ROLE') THEN
         CREATE ROLE $PG_TLS_ROLE LOGIN PASSWORD '$PG_TLS_PASSWORD' IN ROLE $PG_ROLE;
     END IF;
 END
-\$\$;
-SQL
+\$\$;"
     reachable "$LOCAL_URL" || die "cannot connect to $LOCAL_URL after provisioning"
 }
 
