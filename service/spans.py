@@ -130,7 +130,8 @@ class CommandSpans(UntracedCommands):
             for hot in self._spans.values():
                 hot.link = link
             sampled = TraceFlags(TraceFlags.SAMPLED)
-            context = SpanContext(span.trace_id, span.span_id, False, sampled)
+            trace_id, span_id = (int.from_bytes(i, "big") for i in (span.trace_id, span.span_id))
+            context = SpanContext(trace_id, span_id, False, sampled)
         with use_span(NonRecordingSpan(context)):
             yield
         if span is not None:

@@ -41,7 +41,6 @@ DEFAULT_SERVICE_NAME = "customer-groups"
 SCOPE = "customer-groups"
 SUPPORTED_PROTOCOL = "http/protobuf"
 DEFAULT_SAMPLER = "parentbased_always_on"
-_TRACE_ID_LIMIT = (1 << 64) - 1
 
 
 class Sampling:
@@ -55,7 +54,7 @@ class Sampling:
             # As the SDK does with a sampler it does not know.
             self.parent_based, root = True, "always_on"
         self.ratio = {"always_on": 1.0, "always_off": 0.0}.get(root, min(max(ratio, 0.0), 1.0))
-        self._bound = round(self.ratio * (_TRACE_ID_LIMIT + 1))
+        self._bound = round(self.ratio * (1 << 64))
         sdk: Sampler = {"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF}.get(
             root
         ) or TraceIdRatioBased(self.ratio)
@@ -70,10 +69,11 @@ class Sampling:
             ratio = 1.0
         return cls(name or DEFAULT_SAMPLER, ratio)
 
-    def sampled(self, parent_flags: int | None, trace_id: int) -> bool:
+    def sampled(self, parent_flags: int | None, trace_id: bytes) -> bool:
+        """`trace_id`: its 16 bytes; the ratio looks at the lower 8, as the SDK does."""
         if parent_flags is not None and self.parent_based:
             return bool(parent_flags & 1)
-        return (trace_id & _TRACE_ID_LIMIT) < self._bound
+        return int.from_bytes(trace_id[8:], "big") < self._bound
 
 
 def format_traceparent(trace_id: int, span_id: int, *, sampled: bool) -> str:
@@ -92,16 +92,17 @@ class HotTracer:
     ) -> tuple[HotSpan | None, str]:
         """The span (None when not sampled) and the traceparent its children get. `parent`
         is a W3C traceparent already checked (domain.headers)."""
-        span_id = random.getrandbits(64) or 1
+        # Ids as the bytes the encoder writes; the traceparent's hex text is made from them.
+        span_id = (random.getrandbits(64) or 1).to_bytes(8, "big")
         if parent:
             trace = parent[3:35]
-            trace_id, parent_id = int(trace, 16), int(parent[36:52], 16)
+            trace_id, parent_id = bytes.fromhex(trace), bytes.fromhex(parent[36:52])
             sampled = self._sampling.sampled(int(parent[53:55], 16), trace_id)
         else:
-            trace_id, parent_id = random.getrandbits(128) or 1, 0
-            trace = f"{trace_id:032x}"
+            trace_id, parent_id = (random.getrandbits(128) or 1).to_bytes(16, "big"), b""
+            trace = trace_id.hex()
             sampled = self._sampling.sampled(None, trace_id)
-        traceparent = f"00-{trace}-{span_id:016x}-{'01' if sampled else '00'}"
+        traceparent = f"00-{trace}-{span_id.hex()}-{'01' if sampled else '00'}"
         if not sampled:
             return None, traceparent
         span = HotSpan(shape, trace_id, span_id, parent_id, start=time.time_ns(), values=values)

@@ -129,9 +129,9 @@ class HotSpan:
     def __init__(
         self,
         shape: SpanShape,
-        trace_id: int,
-        span_id: int,
-        parent_id: int,
+        trace_id: bytes,
+        span_id: bytes,
+        parent_id: bytes,
         *,
         start: int,
         values: tuple[str | int | None, ...],
@@ -156,19 +156,18 @@ _ROOT_FLAGS = _FLAGS.pack(0x85, 0x01, 0x101)
 _CHILD_FLAGS = _FLAGS.pack(0x85, 0x01, 0x301)
 
 
-def link_to(trace_id: int, span_id: int) -> bytes:
+def link_to(trace_id: bytes, span_id: bytes) -> bytes:
     """A Span.links entry (field 13) naming another span."""
-    link = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")
-    return field(13, link)
+    return field(13, b"\x0a\x10" + trace_id + b"\x12\x08" + span_id)
 
 
 def encode_span(span: HotSpan) -> bytes:
     parts = [
         b"\x0a\x10",
-        span.trace_id.to_bytes(16, "big"),
+        span.trace_id,
         b"\x12\x08",
-        span.span_id.to_bytes(8, "big"),
-        b"\x22\x08" + span.parent_id.to_bytes(8, "big") if span.parent_id else b"",
+        span.span_id,
+        b"\x22\x08" + span.parent_id if span.parent_id else b"",
         span.shape.encoded,
         _TIMES.pack(0x39, span.start, 0x41, span.end),
         span.link,

@@ -68,17 +68,23 @@ class SpanSink:
 
 async def _throughput(
     run: BenchRun, target: Settings, index: int, environment: Mapping[str, str] | None
-) -> tuple[float, float | None]:
-    """Commands per second, and the service's CPU time per command in microseconds."""
+) -> tuple[float, float | None, float]:
+    """Commands per second, the service's CPU time per command in microseconds, and the
+    spans it could not export."""
     await run.database.reset()
     async with started(run, target, environment) as services:
         await warm_up(run, services, tag=f"trw{index}")
         planned = workload.plan(run.options.commands, run.orgs, run.tag(f"tr{index}"))
         outcome = await throughput.drive(run, services, planned)
+        lost = 0.0
+        for process in services.processes:
+            for reason in ("queue_full", "not_exported"):
+                sample = f'customer_groups_spans_lost_total{{reason="{reason}"}}'
+                lost += await process.metric(sample) or 0.0
     seconds: float = outcome["seconds"]
     cores = outcome.get("service_cpu_cores")
     cpu_us = None if cores is None else round(cores * seconds / len(planned) * 1e6, 1)
-    return round(len(planned) / seconds, 1), cpu_us
+    return round(len(planned) / seconds, 1), cpu_us, lost
 
 
 async def measure(run: BenchRun, target: Settings) -> None:
@@ -86,12 +92,14 @@ async def measure(run: BenchRun, target: Settings) -> None:
     await sink.start()
     rates: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
+    spans_lost = 0.0
     try:
         for index, traced in enumerate(ORDER):
             state = "on" if traced else "off"
             run.progress(f"tracing: {run.options.commands:,} commands, tracing {state}")
             environment = sink.environment if traced else None
-            rate, cpu_us = await _throughput(run, target, index, environment)
+            rate, cpu_us, lost = await _throughput(run, target, index, environment)
+            spans_lost += lost
             rates[traced].append(rate)
             if cpu_us is not None:
                 cpu[traced].append(cpu_us)
@@ -108,6 +116,8 @@ async def measure(run: BenchRun, target: Settings) -> None:
         "spans_exported": sink.spans,
         "spans_per_traced_command": round(sink.spans / (len(ORDER) // 2 * run.options.commands), 2),
         "export_requests": sink.requests,
+        # Dropped by the service (queue full) or refused: counted at the end of each run.
+        "spans_lost": spans_lost,
     }
     if cpu[False] and cpu[True]:
         figures["cpu_ratio_off_on"] = round(

@@ -125,7 +125,7 @@ def test_send_spans_continue_their_row_s_trace_and_their_traceparent_is_theirs()
 def test_sampling_decides_as_the_specification_s_samplers(
     sampler: str, parent_flags: int | None, sampled: bool
 ) -> None:
-    assert Sampling(sampler).sampled(parent_flags, 12345) is sampled
+    assert Sampling(sampler).sampled(parent_flags, (12345).to_bytes(16, "big")) is sampled
 
 
 def test_a_trace_id_ratio_samples_that_share_of_trace_ids_as_the_sdk_does() -> None:
@@ -133,7 +133,7 @@ def test_a_trace_id_ratio_samples_that_share_of_trace_ids_as_the_sdk_does() -> N
         {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
     )
     trace_ids = [random.getrandbits(128) for _ in range(4000)]
-    ours = [sampling.sampled(None, t) for t in trace_ids]
+    ours = [sampling.sampled(None, t.to_bytes(16, "big")) for t in trace_ids]
     sdk = [sampling.sdk.should_sample(None, t, "span").decision.is_sampled() for t in trace_ids]  # type: ignore[no-untyped-call]
     assert ours == sdk
     assert 0.2 < sum(ours) / len(ours) < 0.3
@@ -152,7 +152,10 @@ def test_a_hot_span_decodes_to_what_was_recorded(
     values: tuple[str | None, int | None, str | None], parent: int, error: str | None
 ) -> None:
     shape = SpanShape("process t", SpanKind.CONSUMER, {"k": "v", "n": 7}, ("a", "offset", "c"))
-    span = HotSpan(shape, 2**127 + 5, 2**63 + 9, parent, start=1, values=values)
+    ids = ((2**127 + 5).to_bytes(16, "big"), (2**63 + 9).to_bytes(8, "big"))
+    span = HotSpan(
+        shape, *ids, parent.to_bytes(8, "big") if parent else b"", start=1, values=values
+    )
     span.end = 2
     span.error = error
     request = Encoder(Resource.create({"service.name": "x"}), "scope").request([encode_span(span)])
