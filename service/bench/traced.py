@@ -1,6 +1,7 @@
 """The tracing phase: the throughput workload through a service that exports every span
 (`OTEL_TRACES_SAMPLER=always_on`) to an OTLP/HTTP receiver of the bench's own, next to the
-same workload with tracing off, in this run: off, on, on, off, so a steady drift cancels."""
+same workload with tracing off, in this run: off, on, on, off twice, each run with half of
+`--commands`, so a steady drift cancels."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from service.bench.context import BenchRun
 from service.bench.service_phases import started, warm_up
 from service.config import Settings
 
-ORDER = (False, True, True, False)
+# Twice off, on, on, off, each with half the commands: this machine's speed drifts over tens
+# of seconds, so a finer interleave cancels more of it than one round of whole runs.
+ORDER = (False, True, True, False) * 2
 
 
 class SpanSink:
@@ -66,6 +69,10 @@ class SpanSink:
         writer.close()
 
 
+def _per_run(run: BenchRun) -> int:
+    return max(run.options.commands // 2, 1)
+
+
 async def _throughput(
     run: BenchRun, target: Settings, index: int, environment: Mapping[str, str] | None
 ) -> tuple[float, float | None, float]:
@@ -74,7 +81,7 @@ async def _throughput(
     await run.database.reset()
     async with started(run, target, environment) as services:
         await warm_up(run, services, tag=f"trw{index}")
-        planned = workload.plan(run.options.commands, run.orgs, run.tag(f"tr{index}"))
+        planned = workload.plan(_per_run(run), run.orgs, run.tag(f"tr{index}"))
         outcome = await throughput.drive(run, services, planned)
         lost = 0.0
         for process in services.processes:
@@ -96,7 +103,7 @@ async def measure(run: BenchRun, target: Settings) -> None:
     try:
         for index, traced in enumerate(ORDER):
             state = "on" if traced else "off"
-            run.progress(f"tracing: {run.options.commands:,} commands, tracing {state}")
+            run.progress(f"tracing: {_per_run(run):,} commands, tracing {state}")
             environment = sink.environment if traced else None
             rate, cpu_us, lost = await _throughput(run, target, index, environment)
             spans_lost += lost
@@ -114,7 +121,7 @@ async def measure(run: BenchRun, target: Settings) -> None:
         "cpu_us_per_command_off": cpu[False],
         "cpu_us_per_command_on": cpu[True],
         "spans_exported": sink.spans,
-        "spans_per_traced_command": round(sink.spans / (len(ORDER) // 2 * run.options.commands), 2),
+        "spans_per_traced_command": round(sink.spans / (len(ORDER) // 2 * _per_run(run)), 2),
         "export_requests": sink.requests,
         # Dropped by the service (queue full) or refused: counted at the end of each run.
         "spans_lost": spans_lost,
