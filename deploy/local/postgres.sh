@@ -121,14 +121,6 @@ ssl = on
 ssl_cert_file = '$tls/server.pem'
 ssl_key_file = '$tls/server.key'
 # synchronous_commit and fsync stay at their defaults (on): durability as in production.
-# Memory and WAL as a production server would have them, not the defaults sized for a tiny
-# machine, under which bulk member writes had backends evict their own dirty pages and
-# forced a checkpoint (and full-page images) every few seconds (docs/benchmark.md).
-shared_buffers = 1GB
-max_wal_size = 8GB
-min_wal_size = 1GB
-checkpoint_timeout = 15min
-wal_compression = lz4
 "
     install_conf "$f" "$new"
 }
