@@ -59,10 +59,11 @@ async def test_bench_smoke_measures_every_figure(endpoints: tuple[str, str]) -> 
     assert f["members"]["added"]["events"] == f["members"]["added"]["commands"] > 0
     assert f["members"]["delete"]["group_members"] >= options.big_group
     tracing = f["tracing"]
-    assert len(tracing["commands_per_s_off"]) == len(tracing["commands_per_s_on"]) == 2
+    assert len(tracing["commands_per_s_off"]) == len(tracing["commands_per_s_on"]) == 4
     assert tracing["ratio_on_off"] > 0
-    # Each traced run exports at least a process span per command; untraced runs none.
-    assert tracing["spans_exported"] >= 2 * options.commands
+    # Each traced run (of half the commands) exports at least a process span per command.
+    assert tracing["spans_exported"] >= 4 * (options.commands // 2)
+    assert tracing["spans_lost"] == 0
 
 
 @pytest.mark.timeout(120)
