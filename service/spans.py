@@ -218,5 +218,7 @@ def send_span(
     ) as span:
         context = span.get_span_context()
         yield format_traceparent(
-            context.trace_id, context.span_id, sampled=context.trace_flags.sampled
+            f"{context.trace_id:032x}",
+            f"{context.span_id:016x}",
+            sampled=context.trace_flags.sampled,
         )

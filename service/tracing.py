@@ -76,8 +76,9 @@ class Sampling:
         return int.from_bytes(trace_id[8:], "big") < self._bound
 
 
-def format_traceparent(trace_id: int, span_id: int, *, sampled: bool) -> str:
-    return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+def format_traceparent(trace_id: str, span_id: str, *, sampled: bool) -> str:
+    """From the ids' hex text."""
+    return f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
 
 
 class HotTracer:
@@ -102,7 +103,7 @@ class HotTracer:
             trace_id, parent_id = (random.getrandbits(128) or 1).to_bytes(16, "big"), b""
             trace = trace_id.hex()
             sampled = self._sampling.sampled(None, trace_id)
-        traceparent = f"00-{trace}-{span_id.hex()}-{'01' if sampled else '00'}"
+        traceparent = format_traceparent(trace, span_id.hex(), sampled=sampled)
         if not sampled:
             return None, traceparent
         span = HotSpan(shape, trace_id, span_id, parent_id, start=time.time_ns(), values=values)

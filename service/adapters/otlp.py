@@ -72,11 +72,11 @@ class _Key:
     """A span attribute whose value varies: every byte before a value's own, encoded once
     per value length, so that a value costs one lookup and one concatenation."""
 
-    __slots__ = ("_key", "text")
+    __slots__ = ("_key", "_text")
 
     def __init__(self, name: str) -> None:
         self._key = field(1, name.encode())
-        self.text = tuple(self._text_prefix(n) for n in range(_SHORT))
+        self._text = tuple(self._text_prefix(n) for n in range(_SHORT))
 
     def _text_prefix(self, length: int) -> bytes:
         value = b"\x0a" + varint(length)  # AnyValue.string_value, before its bytes
@@ -87,7 +87,7 @@ class _Key:
         if type(value) is str:
             text = value.encode()
             size = len(text)
-            return (self.text[size] if size < _SHORT else self._text_prefix(size)) + text
+            return (self._text[size] if size < _SHORT else self._text_prefix(size)) + text
         encoded = b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)  # type: ignore[operator]
         inner = self._key + b"\x12" + varint(len(encoded)) + encoded
         return b"\x4a" + varint(len(inner)) + inner
@@ -174,10 +174,7 @@ def encode_span(span: HotSpan) -> bytes:
         _CHILD_FLAGS if span.parent_id else _ROOT_FLAGS,
     ]
     for key, value in zip(span.shape.keys, span.values, strict=True):
-        if type(value) is str:  # key.encode() inline: the path of nearly every value
-            text = value.encode()
-            parts.append(key.text[len(text)] + text if len(text) < _SHORT else key.encode(value))
-        elif value is not None:
+        if value is not None:
             parts.append(key.encode(value))
     if span.error is not None:
         parts.append(attribute("error.type", span.error))
