@@ -20,7 +20,7 @@ from opentelemetry.trace import (
 )
 
 from service.adapters.kafka import Record
-from service.adapters.otlp import HotSpan, link_to
+from service.adapters.otlp import HotSpan, SpanShape, link_to
 from service.domain.ports import AnyCommand
 from service.observability import command_ids
 from service.parsing import Invalid
@@ -46,7 +46,6 @@ def ids(
 
 
 _PROCESS_VALUES = (
-    "messaging.destination.partition.id",
     "messaging.kafka.offset",
     "customer_groups.organization_id",
     "customer_groups.command_id",
@@ -85,12 +84,20 @@ class CommandSpans(UntracedCommands):
 
     def __init__(self, tracing: Tracing, topic: str, consumer_group: str) -> None:
         self._tracing = tracing
-        name = f"process {topic}"
-        constant = kafka_attributes("process", topic)
-        constant["messaging.consumer.group.name"] = consumer_group
-        self._shape = tracing.shape(name, SpanKind.CONSUMER, constant, _PROCESS_VALUES)
-        self._batch_shape = tracing.shape(name, SpanKind.CONSUMER, constant, _BATCH_VALUES)
+        self._name = f"process {topic}"
+        self._constant = kafka_attributes("process", topic)
+        self._constant["messaging.consumer.group.name"] = consumer_group
+        self._shapes: dict[int, SpanShape] = {}
         self._spans: dict[int, HotSpan] = {}
+        self._errors: dict[int, str] = {}
+        self._link = b""
+
+    def _shape(self, partition: int) -> SpanShape:
+        """A partition's records' spans share its number, encoded with the other constants."""
+        constant = self._constant | {"messaging.destination.partition.id": str(partition)}
+        shape = self._tracing.shape(self._name, SpanKind.CONSUMER, constant, _PROCESS_VALUES)
+        self._shapes[partition] = shape
+        return shape
 
     def start(
         self,
@@ -100,46 +107,54 @@ class CommandSpans(UntracedCommands):
         parsed: AnyCommand | Invalid,
     ) -> str:
         """`parsed`: the command, or why not (with its ids where they could be read)."""
+        shape = self._shapes.get(record.partition) or self._shape(record.partition)
         values = (
-            str(record.partition),
             record.offset,
             parsed.organization_id,
             parsed.command_id,
             getattr(parsed, "group_id", None),
         )
-        span, traceparent = self._tracing.hot.start(self._shape, producer_traceparent, values)
+        span, traceparent = self._tracing.hot.start(shape, producer_traceparent, values)
         if span is not None:
             self._spans[position] = span
         return traceparent
 
     def fail(self, position: int, error_type: str) -> None:
-        if (span := self._spans.get(position)) is not None:
-            span.error = error_type
+        if position in self._spans:
+            self._errors[position] = error_type
 
     @contextmanager
     def batch(self, count: int) -> Iterator[None]:
         """The batch span, current while the batch is applied (the parent of its PostgreSQL
         spans), linking each command's (as many as OTEL_SPAN_LINK_COUNT_LIMIT allows)."""
-        span, traceparent = self._tracing.hot.start(self._batch_shape, None, (count,))
+        shape = self._tracing.shape(self._name, SpanKind.CONSUMER, self._constant, _BATCH_VALUES)
+        span, traceparent = self._tracing.hot.start(shape, None, (count,))
         if span is None:
             context = SpanContext(int(traceparent[3:35], 16), int(traceparent[36:52], 16), False)
         else:
-            linked = list(self._spans.values())[: self._tracing.max_links]
-            span.link = b"".join(link_to(s.trace_id, s.span_id) for s in linked)
-            link = link_to(span.trace_id, span.span_id)
-            for hot in self._spans.values():
-                hot.link = link
+            _, trace_id, span_id, *_ = span
+            self._link = link_to(trace_id, span_id)
             sampled = TraceFlags(TraceFlags.SAMPLED)
-            trace_id, span_id = (int.from_bytes(i, "big") for i in (span.trace_id, span.span_id))
-            context = SpanContext(trace_id, span_id, False, sampled)
+            context = SpanContext(
+                int.from_bytes(trace_id, "big"), int.from_bytes(span_id, "big"), False, sampled
+            )
         with use_span(NonRecordingSpan(context)):
             yield
         if span is not None:
-            self._tracing.hot.end((span,))
+            linked = list(self._spans.values())[: self._tracing.max_links]
+            self._tracing.hot.end((span,), b"".join(link_to(s[1], s[2]) for s in linked))
 
     def end(self) -> None:
-        self._tracing.hot.end(self._spans.values())
+        hot = self._tracing.hot
+        if not self._errors:
+            hot.end(self._spans.values(), self._link)
+        else:
+            failed = self._errors
+            hot.end((s for p, s in self._spans.items() if p not in failed), self._link)
+            for position, error in failed.items():
+                hot.end((self._spans[position],), self._link, error)
         self._spans.clear()
+        self._errors.clear()
 
 
 _UNTRACED = UntracedCommands()
@@ -168,7 +183,6 @@ def database_span(tracer: Tracer, operation: str, summary: str, count: int) -> I
 _SEND_VALUES = (
     "customer_groups.organization_id",
     "customer_groups.group_id",
-    "cloudevents.event_type",
     "messaging.message.id",
     "customer_groups.command_id",
 )
@@ -180,25 +194,29 @@ class SendSpans:
 
     def __init__(self, tracing: Tracing, topic: str) -> None:
         self._tracing = tracing
-        name = f"send {topic}"
-        self._shape = tracing.shape(
-            name, SpanKind.PRODUCER, kafka_attributes("send", topic), _SEND_VALUES
-        )
+        self._name = f"send {topic}"
+        self._constant = kafka_attributes("send", topic)
+        self._shapes: dict[str, SpanShape] = {}
         self.spans: list[HotSpan] = []
 
-    def start(self, parent: str | None, values: tuple[str, str, str, str, str]) -> str:
-        """`values`: the organization, group, event type, event id and command id."""
-        span, traceparent = self._tracing.hot.start(self._shape, parent, values)
+    def _shape(self, event_type: str) -> SpanShape:
+        """The spans of one event type share it, encoded with the other constants."""
+        constant = self._constant | {"cloudevents.event_type": event_type}
+        shape = self._tracing.shape(self._name, SpanKind.PRODUCER, constant, _SEND_VALUES)
+        self._shapes[event_type] = shape
+        return shape
+
+    def start(self, parent: str | None, event_type: str, values: tuple[str, str, str, str]) -> str:
+        """`values`: the organization, group, event id and command id."""
+        shape = self._shapes.get(event_type) or self._shape(event_type)
+        span, traceparent = self._tracing.hot.start(shape, parent, values)
         if span is not None:
             self.spans.append(span)
         return traceparent
 
     def end(self, error: BaseException | None = None) -> None:
         """Once Kafka acknowledged the records, or refused them (`error`)."""
-        if error is not None:
-            for span in self.spans:
-                span.error = type(error).__name__
-        self._tracing.hot.end(self.spans)
+        self._tracing.hot.end(self.spans, error=None if error is None else type(error).__name__)
         self.spans.clear()
 
 

@@ -11,6 +11,7 @@ path and processor."""
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 
@@ -49,7 +50,7 @@ def _string_value(value: str) -> bytes:
 
 
 def _int_value(value: int) -> bytes:
-    return b"\x18" + _varint_slow(value & 0xFFFFFFFFFFFFFFFF)  # AnyValue.int_value, int64
+    return b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)  # AnyValue.int_value, int64
 
 
 def attribute(key: str, value: str | int | bool, number: int = 9) -> bytes:
@@ -70,27 +71,33 @@ _SHORT = 256
 
 class _Key:
     """A span attribute whose value varies: every byte before a value's own, encoded once
-    per value length, so that a value costs one lookup and one concatenation."""
+    per length of the value's encoding, so that a value costs one lookup and one
+    concatenation."""
 
-    __slots__ = ("_key", "_text")
+    __slots__ = ("_key", "integer", "text")
 
     def __init__(self, name: str) -> None:
         self._key = field(1, name.encode())
-        self._text = tuple(self._text_prefix(n) for n in range(_SHORT))
+        self.text = tuple(self.text_prefix(n) for n in range(_SHORT))
+        # AnyValue.int_value: a varint of 1 to 10 bytes.
+        self.integer = tuple(self._prefix(b"\x18", n) if n else b"" for n in range(11))
 
-    def _text_prefix(self, length: int) -> bytes:
-        value = b"\x0a" + varint(length)  # AnyValue.string_value, before its bytes
-        inner = self._key + b"\x12" + varint(len(value) + length) + value
+    def _prefix(self, value_prefix: bytes, length: int) -> bytes:
+        inner = self._key + b"\x12" + varint(len(value_prefix) + length) + value_prefix
         return b"\x4a" + varint(len(inner) + length) + inner
 
-    def encode(self, value: str | int) -> bytes:
-        if type(value) is str:
-            text = value.encode()
-            size = len(text)
-            return (self._text[size] if size < _SHORT else self._text_prefix(size)) + text
-        encoded = b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)  # type: ignore[operator]
-        inner = self._key + b"\x12" + varint(len(encoded)) + encoded
-        return b"\x4a" + varint(len(inner)) + inner
+    def text_prefix(self, size: int) -> bytes:
+        """What comes before a text value of `size` bytes (AnyValue.string_value)."""
+        return self._prefix(b"\x0a" + varint(size), size)
+
+    def encode_int(self, value: int) -> bytes:
+        encoded = varint(value & 0xFFFFFFFFFFFFFFFF)  # int64, two's complement
+        return self.integer[len(encoded)] + encoded
+
+
+@functools.cache
+def _key(name: str) -> _Key:
+    return _Key(name)
 
 
 class SpanShape:
@@ -108,76 +115,51 @@ class SpanShape:
         # The protocol's SpanKind numbers the API's from 1.
         encoded = field(5, name.encode()) + b"\x30" + varint(kind.value + 1)
         self.encoded = encoded + b"".join(attribute(k, v) for k, v in constant.items())
-        self.keys = tuple(_Key(k) for k in variable)
+        self.keys = tuple(_key(k) for k in variable)
 
 
-class HotSpan:
-    """A span of the hot path, until encode_span() writes it."""
+# A span of the hot path, until encode_span() writes it: its shape, trace id, span id,
+# parent span id (b"": none), start time (ns since the epoch), and one value per
+# shape.keys (None: left out). A tuple: made for every command and every event.
+HotSpan = tuple[SpanShape, bytes, bytes, bytes, int, tuple[str | int | None, ...]]
 
-    __slots__ = (
-        "end",
-        "error",
-        "link",
-        "parent_id",
-        "shape",
-        "span_id",
-        "start",
-        "trace_id",
-        "values",
-    )
-
-    def __init__(
-        self,
-        shape: SpanShape,
-        trace_id: bytes,
-        span_id: bytes,
-        parent_id: bytes,
-        *,
-        start: int,
-        values: tuple[str | int | None, ...],
-    ) -> None:
-        self.shape = shape
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self.start = start
-        self.end = start
-        self.values = values  # one per shape.keys; None: the attribute is left out
-        self.link = b""  # link_to(): shared by the spans of a batch
-        self.error: str | None = None
-
-
-_TIMES = struct.Struct("<BQBQ")
-_FLAGS = struct.Struct("<BBI")
-# Span.flags: the context's trace flags (sampled), and that the parent's remoteness is known
-# (0x100) and, when there is a parent, remote (0x200): every parent a hot span has came
-# from a Kafka header or an outbox row.
-_ROOT_FLAGS = _FLAGS.pack(0x85, 0x01, 0x101)
-_CHILD_FLAGS = _FLAGS.pack(0x85, 0x01, 0x301)
+# Every fixed-size field of a span in one pack (a protobuf reader takes fields in any
+# order): trace id, span id, parent span id, start and end times, and Span.flags: the
+# context's trace flags (sampled), and that the parent's remoteness is known (0x100) and,
+# when there is a parent, remote (0x200): every parent a hot span has came from a Kafka
+# header or an outbox row.
+_ROOT = struct.Struct("<H16sH8sBQBQBBI")
+_CHILD = struct.Struct("<H16sH8sH8sBQBQBBI")
+_LINK = struct.Struct("<HH16sH8s")
 
 
 def link_to(trace_id: bytes, span_id: bytes) -> bytes:
     """A Span.links entry (field 13) naming another span."""
-    return field(13, b"\x0a\x10" + trace_id + b"\x12\x08" + span_id)
+    return _LINK.pack(0x1C6A, 0x100A, trace_id, 0x0812, span_id)
 
 
-def encode_span(span: HotSpan) -> bytes:
-    parts = [
-        b"\x0a\x10",
-        span.trace_id,
-        b"\x12\x08",
-        span.span_id,
-        b"\x22\x08" + span.parent_id if span.parent_id else b"",
-        span.shape.encoded,
-        _TIMES.pack(0x39, span.start, 0x41, span.end),
-        span.link,
-        _CHILD_FLAGS if span.parent_id else _ROOT_FLAGS,
-    ]
-    for key, value in zip(span.shape.keys, span.values, strict=True):
-        if value is not None:
-            parts.append(key.encode(value))
-    if span.error is not None:
-        parts.append(attribute("error.type", span.error))
+def encode_span(span: HotSpan, end: int, link: bytes = b"", error: str | None = None) -> bytes:
+    """`end`: the span's end time (ns since the epoch); `link`: link_to()s."""
+    shape, trace_id, span_id, parent_id, start, values = span
+    if parent_id:
+        fixed = _CHILD.pack(
+            0x100A, trace_id, 0x0812, span_id, 0x0822, parent_id, 0x39, start, 0x41, end,
+            0x85, 0x01, 0x301,
+        )  # fmt: skip
+    else:
+        fixed = _ROOT.pack(
+            0x100A, trace_id, 0x0812, span_id, 0x39, start, 0x41, end, 0x85, 0x01, 0x101
+        )
+    parts = [fixed, shape.encoded, link]
+    for key, value in zip(shape.keys, values, strict=True):
+        if type(value) is str:
+            text = value.encode()
+            size = len(text)
+            parts.append((key.text[size] if size < _SHORT else key.text_prefix(size)) + text)
+        elif value is not None:
+            parts.append(key.encode_int(value))  # type: ignore[arg-type]
+    if error is not None:
+        parts.append(attribute("error.type", error))
         parts.append(field(15, b"\x18\x02"))  # Status{code: ERROR}
     body = b"".join(parts)
     return b"\x12" + varint(len(body)) + body  # ScopeSpans.spans

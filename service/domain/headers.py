@@ -19,6 +19,7 @@ CORRELATION_ID_MAX_BYTES = 256
 # W3C Trace Context, level 1: version 00 is exactly this; a later version may append
 # fields after a dash, which a version-00 reader keeps as they are.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _TRACEPARENT_MAX = 512
 # What a later version may append after a dash, kept as it came: visible ASCII only (a NUL
 # cannot be stored, a control character must not reach anyone's terminal or logs).
@@ -80,6 +81,8 @@ def traceparent(raw: bytes) -> str | Refused:
 
 
 def valid_traceparent(value: str) -> bool:
+    if _TRACEPARENT_00.fullmatch(value):  # what nearly every producer sends, checked faster
+        return value[3:35] != _ZERO_TRACE and value[36:52] != _ZERO_SPAN
     match = _TRACEPARENT.match(value)
     if match is None:
         return False

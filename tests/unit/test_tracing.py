@@ -10,16 +10,17 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind
 from prometheus_client import generate_latest
 
-from service.adapters.otlp import Encoder, HotSpan, SpanShape, encode_span
+from service.adapters.otlp import Encoder, SpanShape, encode_span, link_to
 from service.adapters.span_queue import Batching, SpanQueue
 from service.observability import Metrics
 from service.parsing import Invalid
 from service.spans import CommandSpans, SendSpans
-from service.tracing import Sampling, tracing_from_environment
+from service.tracing import HotTracer, Sampling, tracing_from_environment
 from tests.otlp_receiver import capturing_tracing, decode
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
@@ -82,8 +83,8 @@ def test_send_spans_continue_their_row_s_trace_and_their_traceparent_is_theirs()
     tracing, exporter = capturing_tracing()
     spans = SendSpans(tracing, "events")
 
-    sent = spans.start(PARENT, ("org_a", "grp_1", "group.created", "ev-1", "cmd-1"))
-    unparented = spans.start(None, ("org_a", "grp_2", "group.created", "ev-2", "cmd-2"))
+    sent = spans.start(PARENT, "group.created", ("org_a", "grp_1", "ev-1", "cmd-1"))
+    unparented = spans.start(None, "group.updated", ("org_a", "grp_2", "ev-2", "cmd-2"))
     spans.end(RuntimeError("refused"))
 
     first, second = exporter.spans
@@ -107,6 +108,8 @@ def test_send_spans_continue_their_row_s_trace_and_their_traceparent_is_theirs()
     }
     assert first.status_code == 2
     assert second.parent_span_id == "" and unparented == f"00-{second.trace_id}-{second.span_id}-01"
+    assert second.attributes["cloudevents.event_type"] == "group.updated"
+    assert second.attributes["messaging.message.id"] == "ev-2"
 
 
 @pytest.mark.parametrize(
@@ -128,6 +131,16 @@ def test_sampling_decides_as_the_specification_s_samplers(
     assert Sampling(sampler).sampled(parent_flags, (12345).to_bytes(16, "big")) is sampled
 
 
+@pytest.mark.parametrize("sampler", ["always_on", "always_off", "parentbased_always_off"])
+@pytest.mark.parametrize("flags", ["00", "01", "02", "03", "0f", "fe", "ff"])
+def test_a_hot_span_s_sampling_is_the_specification_s(sampler: str, flags: str) -> None:
+    sampling = Sampling(sampler)
+    shape = SpanShape("t", SpanKind.CONSUMER, {}, ())
+    span, traceparent = HotTracer(sampling, lambda _: None).start(shape, PARENT[:-2] + flags, ())
+    sampled = sampling.sampled(int(flags, 16), bytes.fromhex(PARENT[3:35]))
+    assert (span is not None, traceparent[-2:]) == (sampled, "01" if sampled else "00")
+
+
 def test_a_trace_id_ratio_samples_that_share_of_trace_ids_as_the_sdk_does() -> None:
     sampling = Sampling.from_environment(
         {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
@@ -142,23 +155,28 @@ def test_a_trace_id_ratio_samples_that_share_of_trace_ids_as_the_sdk_does() -> N
 @given(
     values=st.tuples(
         st.text(max_size=300) | st.none(),
-        st.integers(min_value=0, max_value=2**63 - 1) | st.none(),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.none(),
         st.text(max_size=2000) | st.none(),
     ),
     parent=st.integers(min_value=0, max_value=2**64 - 1),
+    times=st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)),
+    links=st.integers(0, 3),
     error=st.text(max_size=50) | st.none(),
 )
 def test_a_hot_span_decodes_to_what_was_recorded(
-    values: tuple[str | None, int | None, str | None], parent: int, error: str | None
+    values: tuple[str | None, int | None, str | None],
+    parent: int,
+    times: tuple[int, int],
+    links: int,
+    error: str | None,
 ) -> None:
     shape = SpanShape("process t", SpanKind.CONSUMER, {"k": "v", "n": 7}, ("a", "offset", "c"))
     ids = ((2**127 + 5).to_bytes(16, "big"), (2**63 + 9).to_bytes(8, "big"))
-    span = HotSpan(
-        shape, *ids, parent.to_bytes(8, "big") if parent else b"", start=1, values=values
-    )
-    span.end = 2
-    span.error = error
-    request = Encoder(Resource.create({"service.name": "x"}), "scope").request([encode_span(span)])
+    span = (shape, *ids, parent.to_bytes(8, "big") if parent else b"", times[0], values)
+    linked = [(bytes([n]) * 16, bytes([n + 1]) * 8) for n in range(links)]
+    link = b"".join(link_to(*ids) for ids in linked)
+    encoded = encode_span(span, times[1], link, error)
+    request = Encoder(Resource.create({"service.name": "x"}), "scope").request([encoded])
 
     [decoded] = decode(request)
     expected: dict[str, object] = {"k": "v", "n": 7}
@@ -168,34 +186,52 @@ def test_a_hot_span_decodes_to_what_was_recorded(
     assert decoded.attributes == expected
     assert decoded.parent_span_id == (f"{parent:016x}" if parent else "")
     assert (decoded.trace_id, decoded.span_id) == (f"{2**127 + 5:032x}", f"{2**63 + 9:016x}")
+    assert decoded.links == [(t.hex(), s.hex()) for t, s in linked]
     assert decoded.status_code == (0 if error is None else 2)
     assert (decoded.name, decoded.kind, decoded.service_name) == ("process t", 5, "x")
+    [raw] = ExportTraceServiceRequest.FromString(request).resource_spans[0].scope_spans[0].spans
+    assert (raw.start_time_unix_nano, raw.end_time_unix_nano) == times
+    assert raw.flags == (0x301 if parent else 0x101)
 
 
 @pytest.mark.parametrize("sampler", ["always_on", "parentbased_always_off"])
 def test_the_batch_span_is_the_parent_of_what_the_batch_does(sampler: str) -> None:
     tracing, exporter = capturing_tracing(sampler)
     spans = CommandSpans(tracing, "commands", "cg")
-    record = ConsumerRecord("commands", 3, 7, 0, 0, b"k", b"{}", None, 1, 2, [])
-    command = Invalid("not_json", "", malformed=True, command_id="c-1", organization_id="org_a")
-    spans.start(0, record, PARENT, command)
+    for position, (partition, offset) in enumerate([(3, 7), (3, 8), (5, 7)]):
+        record = ConsumerRecord("commands", partition, offset, 0, 0, b"k", b"{}", None, 1, 2, [])
+        command = Invalid("not_json", "", malformed=True, command_id=f"c-{position}")
+        spans.start(position, record, PARENT, command)
+    spans.fail(1, "not_json")
 
-    with spans.batch(1), tracing.tracer.start_as_current_span("write commands"):
+    with spans.batch(3), tracing.tracer.start_as_current_span("write commands"):
         pass
     spans.end()
 
     if sampler == "parentbased_always_off":  # the producer's sampled flag decides the command's
-        assert [s.name for s in exporter.spans] == ["process commands"]
+        assert [s.name for s in exporter.spans] == ["process commands"] * 3
         return
     [write] = [s for s in exporter.spans if s.name == "write commands"]
     [batch] = [s for s in exporter.spans if "messaging.batch.message_count" in s.attributes]
-    [command_span] = [s for s in exporter.spans if "messaging.kafka.offset" in s.attributes]
+    commands = [s for s in exporter.spans if "messaging.kafka.offset" in s.attributes]
     assert (write.trace_id, write.parent_span_id) == (batch.trace_id, batch.span_id)
-    assert batch.parent_span_id == "" and batch.links == [
-        (command_span.trace_id, command_span.span_id)
-    ]
-    assert command_span.links == [(batch.trace_id, batch.span_id)]
-    assert command_span.attributes["messaging.destination.partition.id"] == "3"
+    assert batch.parent_span_id == ""
+    assert sorted(batch.links) == sorted((s.trace_id, s.span_id) for s in commands)
+    assert all(s.links == [(batch.trace_id, batch.span_id)] for s in commands)
+    by_id = {s.attributes["customer_groups.command_id"]: s for s in commands}
+    assert {
+        k: (
+            s.attributes["messaging.destination.partition.id"],
+            s.attributes["messaging.kafka.offset"],
+            s.status_code,
+        )
+        for k, s in by_id.items()
+    } == {
+        "c-0": ("3", 7, 0),
+        "c-1": ("3", 8, 2),
+        "c-2": ("5", 7, 0),
+    }
+    assert by_id["c-1"].attributes["error.type"] == "not_json"
 
 
 def test_the_span_queue_sends_full_batches_and_what_is_left_when_it_stops() -> None:

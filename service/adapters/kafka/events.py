@@ -152,5 +152,5 @@ class EventPublisher:
         stored = stored_traceparent(row)
         if not self._tracing.enabled:
             return stored
-        values = (row.organization_id, row.group_id, row.event_type, row.event_id, row.command_id)
-        return spans.start(stored, values)
+        values = (row.organization_id, row.group_id, row.event_id, row.command_id)
+        return spans.start(stored, row.event_type, values)
