@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import SpanKind, Tracer
 
-from service.adapters.otlp import Exporter, HotSpan, SpanShape, encode_span
+from service.adapters.otlp import Exporter, HotSpan, SpanShape, encode_spans
 from service.adapters.span_queue import Batching, SpanQueue
 
 DEFAULT_SERVICE_NAME = "customer-groups"
@@ -121,8 +121,7 @@ class HotTracer:
 
     def end(self, spans: Iterable[HotSpan], link: bytes = b"", error: str | None = None) -> None:
         """`link`: link_to()s every span gets; `error`: the error.type of every span."""
-        now = time.time_ns()
-        if encoded := [encode_span(span, now, link, error) for span in spans]:
+        if encoded := encode_spans(spans, time.time_ns(), link, error):
             self._sink(encoded)
 
 

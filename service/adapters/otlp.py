@@ -3,17 +3,17 @@ command and per event encoded by hand.
 
 Why by hand: the stock encoder builds a protobuf object per span and per attribute, and the
 SDK's span objects validate every attribute; at the consumer's rate that cost far more than
-the work being traced (docs/benchmark.md). A `HotSpan` is a few slots, its shape (name,
-kind, constant attributes) is encoded once, and its bytes are written directly: by the
-thread that ends it, so that the export thread (service/adapters/span_queue.py) only joins
-and sends bytes. The SDK's own spans (HTTP requests, batches, PostgreSQL) take its stock
-path and processor."""
+the work being traced (docs/benchmark.md). A `HotSpan` is a tuple, its shape (name, kind,
+constant attributes) is encoded once, and its bytes are written directly: by the thread
+that ends it, so that the export thread (service/adapters/span_queue.py) only joins and
+sends bytes. The SDK's own spans (HTTP requests, PostgreSQL) take its stock path and
+processor."""
 
 from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -131,6 +131,7 @@ HotSpan = tuple[SpanShape, bytes, bytes, bytes, int, tuple[str | int | None, ...
 _ROOT = struct.Struct("<H16sH8sBQBQBBI")
 _CHILD = struct.Struct("<H16sH8sH8sBQBQBBI")
 _LINK = struct.Struct("<HH16sH8s")
+_ERROR_STATUS = field(15, b"\x18\x02")  # Status{code: ERROR}
 
 
 def link_to(trace_id: bytes, span_id: bytes) -> bytes:
@@ -138,31 +139,34 @@ def link_to(trace_id: bytes, span_id: bytes) -> bytes:
     return _LINK.pack(0x1C6A, 0x100A, trace_id, 0x0812, span_id)
 
 
-def encode_span(span: HotSpan, end: int, link: bytes = b"", error: str | None = None) -> bytes:
-    """`end`: the span's end time (ns since the epoch); `link`: link_to()s."""
-    shape, trace_id, span_id, parent_id, start, values = span
-    if parent_id:
-        fixed = _CHILD.pack(
-            0x100A, trace_id, 0x0812, span_id, 0x0822, parent_id, 0x39, start, 0x41, end,
-            0x85, 0x01, 0x301,
-        )  # fmt: skip
-    else:
-        fixed = _ROOT.pack(
-            0x100A, trace_id, 0x0812, span_id, 0x39, start, 0x41, end, 0x85, 0x01, 0x101
-        )
-    parts = [fixed, shape.encoded, link]
-    for key, value in zip(shape.keys, values, strict=True):
-        if type(value) is str:
-            text = value.encode()
-            size = len(text)
-            parts.append((key.text[size] if size < _SHORT else key.text_prefix(size)) + text)
-        elif value is not None:
-            parts.append(key.encode_int(value))  # type: ignore[arg-type]
-    if error is not None:
-        parts.append(attribute("error.type", error))
-        parts.append(field(15, b"\x18\x02"))  # Status{code: ERROR}
-    body = b"".join(parts)
-    return b"\x12" + varint(len(body)) + body  # ScopeSpans.spans
+def encode_spans(
+    spans: Iterable[HotSpan], end: int, link: bytes = b"", error: str | None = None
+) -> list[bytes]:
+    """Spans ending together: `end` their end time (ns since the epoch), `link` their
+    link_to()s, `error` their error.type."""
+    failed = b"" if error is None else attribute("error.type", error) + _ERROR_STATUS
+    encoded = []
+    for shape, trace_id, span_id, parent_id, start, values in spans:
+        if parent_id:
+            fixed = _CHILD.pack(
+                0x100A, trace_id, 0x0812, span_id, 0x0822, parent_id, 0x39, start, 0x41, end,
+                0x85, 0x01, 0x301,
+            )  # fmt: skip
+        else:
+            fixed = _ROOT.pack(
+                0x100A, trace_id, 0x0812, span_id, 0x39, start, 0x41, end, 0x85, 0x01, 0x101
+            )
+        parts = [fixed, shape.encoded, link, failed]
+        for key, value in zip(shape.keys, values, strict=True):
+            if type(value) is str:
+                text = value.encode()
+                size = len(text)
+                parts.append((key.text[size] if size < _SHORT else key.text_prefix(size)) + text)
+            elif value is not None:
+                parts.append(key.encode_int(value))  # type: ignore[arg-type]
+        body = b"".join(parts)
+        encoded.append(b"\x12" + varint(len(body)) + body)  # ScopeSpans.spans
+    return encoded
 
 
 class Encoder:

@@ -15,7 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind
 from prometheus_client import generate_latest
 
-from service.adapters.otlp import Encoder, SpanShape, encode_span, link_to
+from service.adapters.otlp import Encoder, SpanShape, encode_spans, link_to
 from service.adapters.span_queue import Batching, SpanQueue
 from service.observability import Metrics
 from service.parsing import Invalid
@@ -175,7 +175,7 @@ def test_a_hot_span_decodes_to_what_was_recorded(
     span = (shape, *ids, parent.to_bytes(8, "big") if parent else b"", times[0], values)
     linked = [(bytes([n]) * 16, bytes([n + 1]) * 8) for n in range(links)]
     link = b"".join(link_to(*ids) for ids in linked)
-    encoded = encode_span(span, times[1], link, error)
+    [encoded] = encode_spans([span], times[1], link, error)
     request = Encoder(Resource.create({"service.name": "x"}), "scope").request([encoded])
 
     [decoded] = decode(request)
