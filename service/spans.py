@@ -45,6 +45,32 @@ def ids(
     return {f"customer_groups.{k}": v for k, v in known.items()}
 
 
+class _ShapesBy:
+    """The shapes of spans that differ in one constant attribute (a partition, an event
+    type), by its value: each value is encoded once, with the other constants."""
+
+    def __init__(
+        self,
+        tracing: Tracing,
+        name: str,
+        kind: SpanKind,
+        constant: dict[str, Any],
+        *,
+        by: str,
+        variable: tuple[str, ...],
+    ) -> None:
+        self._tracing = tracing
+        self._shape = (name, kind, constant, variable)
+        self._by = by
+        self.known: dict[str | int, SpanShape] = {}
+
+    def add(self, value: str | int) -> SpanShape:
+        name, kind, constant, variable = self._shape
+        constant = constant | {self._by: str(value)}
+        shape = self.known[value] = self._tracing.shape(name, kind, constant, variable)
+        return shape
+
+
 _PROCESS_VALUES = (
     "messaging.kafka.offset",
     "customer_groups.organization_id",
@@ -87,17 +113,17 @@ class CommandSpans(UntracedCommands):
         self._name = f"process {topic}"
         self._constant = kafka_attributes("process", topic)
         self._constant["messaging.consumer.group.name"] = consumer_group
-        self._shapes: dict[int, SpanShape] = {}
+        self._shapes = _ShapesBy(
+            tracing,
+            self._name,
+            SpanKind.CONSUMER,
+            self._constant,
+            by="messaging.destination.partition.id",
+            variable=_PROCESS_VALUES,
+        )
         self._spans: dict[int, HotSpan] = {}
         self._errors: dict[int, str] = {}
         self._link = b""
-
-    def _shape(self, partition: int) -> SpanShape:
-        """A partition's records' spans share its number, encoded with the other constants."""
-        constant = self._constant | {"messaging.destination.partition.id": str(partition)}
-        shape = self._tracing.shape(self._name, SpanKind.CONSUMER, constant, _PROCESS_VALUES)
-        self._shapes[partition] = shape
-        return shape
 
     def start(
         self,
@@ -107,7 +133,8 @@ class CommandSpans(UntracedCommands):
         parsed: AnyCommand | Invalid,
     ) -> str:
         """`parsed`: the command, or why not (with its ids where they could be read)."""
-        shape = self._shapes.get(record.partition) or self._shape(record.partition)
+        shapes = self._shapes
+        shape = shapes.known.get(record.partition) or shapes.add(record.partition)
         values = (
             record.offset,
             parsed.organization_id,
@@ -194,21 +221,19 @@ class SendSpans:
 
     def __init__(self, tracing: Tracing, topic: str) -> None:
         self._tracing = tracing
-        self._name = f"send {topic}"
-        self._constant = kafka_attributes("send", topic)
-        self._shapes: dict[str, SpanShape] = {}
+        self._shapes = _ShapesBy(
+            tracing,
+            f"send {topic}",
+            SpanKind.PRODUCER,
+            kafka_attributes("send", topic),
+            by="cloudevents.event_type",
+            variable=_SEND_VALUES,
+        )
         self.spans: list[HotSpan] = []
-
-    def _shape(self, event_type: str) -> SpanShape:
-        """The spans of one event type share it, encoded with the other constants."""
-        constant = self._constant | {"cloudevents.event_type": event_type}
-        shape = self._tracing.shape(self._name, SpanKind.PRODUCER, constant, _SEND_VALUES)
-        self._shapes[event_type] = shape
-        return shape
 
     def start(self, parent: str | None, event_type: str, values: tuple[str, str, str, str]) -> str:
         """`values`: the organization, group, event id and command id."""
-        shape = self._shapes.get(event_type) or self._shape(event_type)
+        shape = self._shapes.known.get(event_type) or self._shapes.add(event_type)
         span, traceparent = self._tracing.hot.start(shape, parent, values)
         if span is not None:
             self.spans.append(span)

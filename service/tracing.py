@@ -114,6 +114,7 @@ class HotTracer:
             trace_id, parent_id = (random.getrandbits(128) or 1).to_bytes(16, "big"), b""
             trace = trace_id.hex()
             sampled = self._everything or self._sampling.sampled(None, trace_id)
+        # format_traceparent's f-string, without a call for every span.
         if not sampled:
             return None, f"00-{trace}-{span_id.hex()}-00"
         span = (shape, trace_id, span_id, parent_id, time.time_ns(), values)
