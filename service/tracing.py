@@ -43,6 +43,11 @@ SUPPORTED_PROTOCOL = "http/protobuf"
 DEFAULT_SAMPLER = "parentbased_always_on"
 
 
+# A traceparent's flags, its last two hex digits, with the sampled bit (1) set: those whose
+# last digit is odd.
+_SAMPLED_FLAGS = "13579bdf"
+
+
 class Sampling:
     """The specification's built-in samplers, `OTEL_TRACES_SAMPLER(_ARG)`: an SDK sampler for
     the SDK's spans, and the same decision for hot spans without the SDK's objects."""
@@ -69,11 +74,12 @@ class Sampling:
             ratio = 1.0
         return cls(name or DEFAULT_SAMPLER, ratio)
 
-    def sampled(self, parent_flags: int | None, trace_id: bytes) -> bool:
-        """`trace_id`: its 16 bytes; the ratio looks at the lower 8, as the SDK does."""
-        if parent_flags is not None and self.parent_based:
-            return bool(parent_flags & 1)
-        return int.from_bytes(trace_id[8:], "big") < self._bound
+    def sampled(self, parent: str | None, trace_id: bytes) -> bool:
+        """`parent`: a W3C traceparent already checked (domain.headers), or None;
+        `trace_id`: its 16 bytes; the ratio looks at the lower 8, as the SDK does."""
+        if parent and self.parent_based:
+            return parent[54] in _SAMPLED_FLAGS
+        return self.ratio == 1.0 or int.from_bytes(trace_id[8:], "big") < self._bound
 
 
 def format_traceparent(trace_id: str, span_id: str, *, sampled: bool) -> str:
@@ -81,18 +87,11 @@ def format_traceparent(trace_id: str, span_id: str, *, sampled: bool) -> str:
     return f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
 
 
-# A traceparent's flags, the last two of its hex digits, with the sampled bit (1) set: those
-# whose last digit is odd. The hot path reads it from the text, Sampling.sampled from a number.
-_SAMPLED_FLAGS = "13579bdf"
-
-
 class HotTracer:
     """Starts hot spans, and ends them a batch at a time: encoded, to `sink`."""
 
     def __init__(self, sampling: Sampling, sink: Callable[[list[bytes]], None]) -> None:
         self._sampling = sampling
-        self._parent_based = sampling.parent_based
-        self._everything = sampling.ratio == 1.0
         self._sink = sink
 
     def start(
@@ -104,21 +103,15 @@ class HotTracer:
         span_id = (random.getrandbits(64) or 1).to_bytes(8, "big")
         if parent:
             trace = parent[3:35]
-            trace_id = bytes.fromhex(trace)
-            if self._parent_based:
-                sampled = parent[54] in _SAMPLED_FLAGS
-            else:
-                sampled = self._everything or self._sampling.sampled(None, trace_id)
-            parent_id = bytes.fromhex(parent[36:52])
+            trace_id, parent_id = bytes.fromhex(trace), bytes.fromhex(parent[36:52])
         else:
             trace_id, parent_id = (random.getrandbits(128) or 1).to_bytes(16, "big"), b""
             trace = trace_id.hex()
-            sampled = self._everything or self._sampling.sampled(None, trace_id)
-        # format_traceparent's f-string, without a call for every span.
+        sampled = self._sampling.sampled(parent, trace_id)
+        traceparent = format_traceparent(trace, span_id.hex(), sampled=sampled)
         if not sampled:
-            return None, f"00-{trace}-{span_id.hex()}-00"
-        span = (shape, trace_id, span_id, parent_id, time.time_ns(), values)
-        return span, f"00-{trace}-{span_id.hex()}-01"
+            return None, traceparent
+        return (shape, trace_id, span_id, parent_id, time.time_ns(), values), traceparent
 
     def end(self, spans: Iterable[HotSpan], link: bytes = b"", error: str | None = None) -> None:
         """`link`: link_to()s every span gets; `error`: the error.type of every span."""
