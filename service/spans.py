@@ -156,15 +156,12 @@ class CommandSpans(UntracedCommands):
         spans), linking each command's (as many as OTEL_SPAN_LINK_COUNT_LIMIT allows)."""
         shape = self._tracing.shape(self._name, SpanKind.CONSUMER, self._constant, _BATCH_VALUES)
         span, traceparent = self._tracing.hot.start(shape, None, (count,))
-        if span is None:
-            context = SpanContext(int(traceparent[3:35], 16), int(traceparent[36:52], 16), False)
-        else:
-            _, trace_id, span_id, *_ = span
-            self._link = link_to(trace_id, span_id)
-            sampled = TraceFlags(TraceFlags.SAMPLED)
-            context = SpanContext(
-                int.from_bytes(trace_id, "big"), int.from_bytes(span_id, "big"), False, sampled
-            )
+        if span is not None:
+            self._link = link_to(span[1], span[2])
+        trace_id, span_id, flags = (
+            int(traceparent[i:j], 16) for i, j in ((3, 35), (36, 52), (53, 55))
+        )
+        context = SpanContext(trace_id, span_id, False, TraceFlags(flags))
         with use_span(NonRecordingSpan(context)):
             yield
         if span is not None:
@@ -172,14 +169,10 @@ class CommandSpans(UntracedCommands):
             self._tracing.hot.end((span,), b"".join(link_to(s[1], s[2]) for s in linked))
 
     def end(self) -> None:
-        hot = self._tracing.hot
-        if not self._errors:
-            hot.end(self._spans.values(), self._link)
-        else:
-            failed = self._errors
-            hot.end((s for p, s in self._spans.items() if p not in failed), self._link)
-            for position, error in failed.items():
-                hot.end((self._spans[position],), self._link, error)
+        hot, failed = self._tracing.hot, self._errors
+        hot.end((s for p, s in self._spans.items() if p not in failed), self._link)
+        for position, error in failed.items():
+            hot.end((self._spans[position],), self._link, error)
         self._spans.clear()
         self._errors.clear()
 
